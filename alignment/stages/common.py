@@ -1,0 +1,254 @@
+"""What every stage does around its trainer: arguments, data snapshot, W&B, checkpoints, atomic publish.
+
+A stage file reads top to bottom as init -> data -> model -> train -> publish and calls into this module for
+the plumbing, so the plumbing is written (and tested) once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignment import artifacts
+from alignment.artifacts import ArtifactError
+from alignment.config import ConfigError, PipelineConfig, config_hash, load_pipeline, save_resolved
+from alignment.data import DataConfig, DataError, load_checked, split_train_eval, write_jsonl
+from alignment.tracking import StageTracker, report_to
+
+logger = logging.getLogger("alignment")
+
+FAULT_ENV = "ALIGNMENT_FAULT_AFTER_CHECKPOINT"
+"""Testing hook: after the checkpoint of this global step is complete, the process exits as if killed (137)."""
+
+
+def parse_args(stage: str, argv: list[str] | None) -> tuple[PipelineConfig, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog=f"alignment stage {stage}",
+        description=f"Run the {stage} stage of a pipeline config (alone, or under `accelerate launch`).",
+    )
+    parser.add_argument("--config", required=True, help="pipeline YAML (configs/pipelines/*.yaml)")
+    parser.add_argument("--force", action="store_true", help="re-run even if a complete artifact exists")
+    parser.add_argument(
+        "--restart", action="store_true", help="discard checkpoints of an interrupted run instead of resuming"
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.learning_rate=1e-4")
+    args = parser.parse_args(argv)
+    return load_pipeline(args.config, args.overrides), args
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@dataclass
+class StageRun:
+    """One execution of one stage: paths, hash, process role and tracker."""
+
+    pipeline: PipelineConfig
+    stage: str
+    force: bool = False
+    restart: bool = False
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        from accelerate import PartialState
+
+        self.state = PartialState()
+        self.is_main = self.state.is_main_process
+        self.hash = config_hash(self.pipeline, self.stage)
+        self.output_dir = self.pipeline.stage_output_dir(self.stage)
+        self.work_dir = Path(self.pipeline.output_dir) / ".work" / self.stage
+        self.staging = self.output_dir.parent / f".{self.output_dir.name}.staging"
+        self.tracker = StageTracker(self.pipeline, self.stage, self.hash, self.is_main)
+        self.data_hashes: dict[str, str] = {}
+        self.inputs: dict[str, dict[str, str]] = {}
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+    def already_complete(self) -> bool:
+        """True when a complete artifact with this config hash exists (and --force was not given)."""
+        if self.force or not artifacts.is_complete(self.output_dir):
+            return False
+        return artifacts.read_manifest(self.output_dir).get("config_hash") == self.hash
+
+    def prepare_work_dir(self) -> str | None:
+        """Create the work dir; return the checkpoint to resume from. Refuses to resume across config changes."""
+        hash_file = self.work_dir / "CONFIG_HASH"
+        if self.is_main:
+            if self.restart and self.work_dir.exists():
+                shutil.rmtree(self.work_dir)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            if self.staging.exists():
+                shutil.rmtree(self.staging)
+        self.state.wait_for_everyone()
+        checkpoint = artifacts.latest_complete_checkpoint(self.work_dir)
+        if hash_file.is_file():
+            previous = hash_file.read_text().strip()
+            if previous != self.hash and checkpoint is not None:
+                raise ConfigError(
+                    f"{self.work_dir} holds checkpoints of this stage with a different configuration "
+                    f"(hash {previous}, now {self.hash}). Resume with the original config, or pass --restart "
+                    f"to discard them, or choose another output_dir."
+                )
+        self.state.wait_for_everyone()
+        if self.is_main:
+            hash_file.write_text(self.hash + "\n")
+        return str(checkpoint) if checkpoint is not None else None
+
+    def training_defaults(self) -> dict[str, Any]:
+        """Runtime values a stage passes to its TRL config unless the YAML set them."""
+        cuda = torch.cuda.is_available()
+        bf16 = bool(cuda and torch.cuda.is_bf16_supported())
+        return {
+            "output_dir": str(self.work_dir),
+            "run_name": f"{self.stage}-{self.hash[:8]}",
+            "report_to": report_to(self.pipeline),
+            "use_cpu": not cuda,
+            "bf16": bf16,
+            "save_only_model": False,
+        }
+
+    # --------------------------------------------------------------------------------------------------- data
+    def load_rows(
+        self, data_cfg: DataConfig, kind: str, name: str, token_length: Any = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Load, validate (failing on too many rejects), split, snapshot to the work dir; (train, eval) rows."""
+        try:
+            result = load_checked(data_cfg, kind, token_length=token_length)
+        except DataError as error:
+            raise SystemExit(f"[{self.stage}] data {name!r} from {data_cfg.source}: {error}") from error
+        if result.rejects:
+            logger.warning(
+                "%s: %d of %d rows rejected (within max_reject_fraction=%s); first: %s",
+                data_cfg.source,
+                len(result.rejects),
+                result.total,
+                data_cfg.max_reject_fraction,
+                result.rejects[0],
+            )
+        train_rows, eval_rows = split_train_eval(result.rows, data_cfg.eval_fraction, data_cfg.seed)
+        snapshot_dir = self.work_dir / "data"
+        snapshot_dir.mkdir(parents=True, exist_ok=True)
+        path = snapshot_dir / f"{name}.jsonl"
+        snapshot_hash = write_jsonl(train_rows, path) if self.is_main else ""
+        if self.is_main:
+            self.data_hashes[name] = snapshot_hash
+            if eval_rows:
+                self.data_hashes[f"{name}_eval"] = write_jsonl(eval_rows, snapshot_dir / f"{name}_eval.jsonl")
+            self.tracker.use_dataset(
+                path,
+                f"{self.pipeline.name}-{self.stage}-{name}",
+                snapshot_hash,
+                {
+                    "source": data_cfg.source,
+                    "format": result.format,
+                    "rows": len(train_rows),
+                    "rejected": len(result.rejects),
+                },
+            )
+        logger.info(
+            "[%s] %s: %d train rows, %d eval rows (%s)",
+            self.stage,
+            name,
+            len(train_rows),
+            len(eval_rows),
+            result.format,
+        )
+        return train_rows, eval_rows
+
+    # ------------------------------------------------------------------------------------------------ publish
+    def publish(
+        self, metrics: dict[str, Any], extra_files: dict[str, Any] | None = None, model_kind: str = "full"
+    ) -> Path:
+        """Main process: configs, metrics and MANIFEST.json into the staging dir, then rename into place."""
+        self.state.wait_for_everyone()
+        if self.is_main:
+            save_resolved(self.pipeline, self.staging)
+            for leftover in ("training_args.bin",):  # pickled by Trainer.save_model; never consumed
+                (self.staging / leftover).unlink(missing_ok=True)
+            artifacts.write_json_atomic(self.staging / "metrics.json", metrics)
+            for name, content in (extra_files or {}).items():
+                artifacts.write_json_atomic(self.staging / name, content)
+            manifest = {
+                "stage": self.stage,
+                "config_hash": self.hash,
+                "inputs": self.inputs,
+                "data": self.data_hashes,
+                "model_kind": model_kind,
+                "code_version": artifacts.code_version(),
+                "wandb_run_id": self.tracker.run_id,
+                "wandb_group": self.tracker.run.group if self.tracker.run is not None else None,
+                "world_size": self.state.num_processes,
+                "wall_time_s": round(time.time() - self.started, 2),
+                "metrics": metrics,
+            }
+            artifacts.publish(self.staging, self.output_dir, manifest)
+            self.tracker.log_model(
+                self.output_dir,
+                f"{self.pipeline.name}-{self.stage}",
+                {"config_hash": self.hash, **_scalars(metrics)},
+            )
+            self.tracker.summary(_scalars(metrics))
+        self.state.wait_for_everyone()
+        return self.output_dir
+
+    def add_input(self, name: str, path: str | Path) -> None:
+        if not artifacts.is_complete(path):
+            raise ArtifactError(f"input {name}: {path} is not a complete artifact (no MANIFEST.json)")
+        self.inputs[name] = artifacts.input_record(path)
+        self.tracker.use_model(path, f"{self.pipeline.name}-{name}")
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+
+
+def checkpoint_callback(run: StageRun) -> Any:
+    """Marks each checkpoint COMPLETE after every rank wrote it; optional fault injection for tests."""
+    from transformers import TrainerCallback
+
+    fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
+
+    class CompleteCheckpoints(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            run.state.wait_for_everyone()
+            if run.is_main and checkpoint.is_dir():
+                artifacts.mark_checkpoint_complete(checkpoint)
+            run.state.wait_for_everyone()
+            if fault_step and state.global_step == fault_step:
+                logger.warning("%s=%d: exiting as if killed", FAULT_ENV, fault_step)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(137)
+
+    return CompleteCheckpoints()
+
+
+def write_log_history(path: Path, log_history: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps(log_history, indent=1) + "\n")
+
+
+def report_done(run: StageRun, path: Path, metrics: dict[str, Any]) -> None:
+    if run.is_main:
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in metrics.items()
+            if isinstance(v, (int, float))
+        )
+        print(f"[{run.stage}] artifact: {path}\n[{run.stage}] {shown}", flush=True)

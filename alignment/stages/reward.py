@@ -1,0 +1,273 @@
+"""Reward model: a Bradley-Terry scorer trained on preference pairs, over TRL 1.16's `RewardTrainer`.
+
+Loss (Bradley & Terry, 1952; Ouyang et al., 2022, eq. 1): L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected)),
+optionally minus a per-pair margin (Touvron et al., 2023). The RM is a sequence-classification head with one
+output on top of the initial model: by default this pipeline's SFT artifact, as in InstructGPT.
+
+The artifact holds the RM (always full weights: adapters are merged so any consumer loads it with plain
+`from_pretrained`), its tokenizer, `normalization.json` (mean/std of its scores on a reference set) and the
+diagnostics report `diagnostics.json` / `diagnostics.md` on held-out pairs (reward_models.diagnostics).
+
+Assumptions (each tested): rows are canonical conversational preference pairs; pairs longer than `max_length`
+are rejected and reported (TRL would drop them silently); a re-run resumes from the latest complete checkpoint.
+
+Launch:
+    accelerate launch --config_file configs/accelerate/zero2.yaml -m alignment.stages.reward \\
+        --config configs/pipelines/smoke.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from alignment import artifacts
+from alignment.config import ConfigError, PipelineConfig, stage_args
+from alignment.models import (
+    apply_freeze,
+    count_parameters,
+    load_tokenizer,
+    peft_config_for,
+    resolve_model_path,
+)
+from alignment.stages.common import (
+    StageRun,
+    checkpoint_callback,
+    parse_args,
+    report_done,
+    setup_logging,
+    write_log_history,
+)
+
+logger = logging.getLogger("alignment.reward")
+
+STAGE = "reward"
+
+
+def _columns(rows: list[dict[str, Any]], use_margin: bool) -> list[dict[str, Any]]:
+    keep = ("prompt", "chosen", "rejected", "margin") if use_margin else ("prompt", "chosen", "rejected")
+    return [{key: row[key] for key in keep} for row in rows]
+
+
+def token_length_fn(tokenizer: Any):
+    """Length of the longer side of a pair, as the RM sees it (chat template of prompt + reply)."""
+
+    def token_length(row: dict[str, Any]) -> int:
+        return max(
+            len(tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=False))
+            for side in ("chosen", "rejected")
+        )
+
+    return token_length
+
+
+def initial_model(pipeline: PipelineConfig, run: StageRun, init_from: str, override: Any) -> tuple[str, Any]:
+    """Path of the model the RM starts from, and the ModelConfig that describes how to load and tune it.
+
+    An adapter SFT artifact is merged into its base once (main process, before any ZeRO-3 context exists) so the
+    sequence-classification head is put on the SFT weights.
+    """
+    model_cfg = override or pipeline.model
+    if init_from == "model":
+        return resolve_model_path(model_cfg.name_or_path), model_cfg
+    source = pipeline.stage_output_dir("sft") if init_from == "sft" else Path(init_from)
+    if not artifacts.is_complete(source):
+        raise ConfigError(
+            f"reward.init_from={init_from!r}: {source} is not a complete artifact. Run the SFT stage first "
+            f"(alignment stage sft --config {pipeline.source_path}), or set reward.init_from: model"
+        )
+    run.add_input("sft" if init_from == "sft" else "init", source)
+    manifest = artifacts.read_manifest(source)
+    if manifest.get("model_kind") != "adapter":
+        return str(source), model_cfg
+    merged = run.work_dir / "init_model"
+    if run.is_main and not (merged / "config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained(source).merge_and_unload()
+        model.save_pretrained(merged, safe_serialization=True)
+        AutoTokenizer.from_pretrained(source).save_pretrained(merged)
+    run.state.wait_for_everyone()
+    return str(merged), model_cfg
+
+
+def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None, Any]:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardTrainer
+
+    resume_from = run.prepare_work_dir()
+    section = pipeline.stage_sections.get(STAGE, {})
+    init_path, model_cfg = initial_model(pipeline, run, section.get("init_from", "sft"), section.get("model"))
+    args = stage_args(pipeline, STAGE, **run.training_defaults())
+    tokenizer = load_tokenizer(model_cfg, init_path)
+
+    data_cfg = args.data
+    if data_cfg.max_length is None and args.max_length is not None:
+        data_cfg.max_length = args.max_length
+    train_rows, eval_rows = run.load_rows(data_cfg, "preference", "train", token_length_fn(tokenizer))
+    if args.eval_data is not None:
+        if args.eval_data.max_length is None:
+            args.eval_data.max_length = data_cfg.max_length
+        eval_rows, _ = run.load_rows(args.eval_data, "preference", "eval", token_length_fn(tokenizer))
+    if not train_rows:
+        raise ConfigError(f"reward: no training pairs from {data_cfg.source}")
+    if not eval_rows:
+        raise ConfigError(
+            "reward: no held-out pairs for the diagnostics; set reward.data.eval_fraction or eval_data"
+        )
+    if args.use_margin and any("margin" not in row for row in train_rows):
+        raise ConfigError("reward.use_margin=true but some training pairs carry no `margin` field")
+
+    from alignment.models import torch_dtype
+
+    if model_cfg.tuning.method in ("lora", "qlora", "ia3") and _zero3():
+        raise ConfigError(
+            "reward: adapters are merged into the published RM, which needs whole weights; under ZeRO-3 use "
+            "model.tuning.method=full or freeze, or ZeRO-2"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        init_path,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=torch_dtype(model_cfg.dtype),
+        use_safetensors=True,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    apply_freeze(model, model_cfg.tuning)
+    peft_config = peft_config_for(model_cfg.tuning, task_type="SEQ_CLS")
+    if model_cfg.tuning.method == "prompt_tuning":
+        raise ConfigError(
+            "reward: prompt_tuning is not supported for reward models; use lora, freeze or full"
+        )
+
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(_columns(train_rows, args.use_margin)),
+        eval_dataset=Dataset.from_list(_columns(eval_rows, False)),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[checkpoint_callback(run)],
+    )
+    trainable, total = count_parameters(trainer.model)
+    logger.info(
+        "[reward] from %s: %d / %d parameters trainable (%s)",
+        init_path,
+        trainable,
+        total,
+        model_cfg.tuning.method,
+    )
+    return trainer, resume_from, init_path
+
+
+def _zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
+
+
+def _diagnose_in_fresh_process(run: StageRun, args: Any, init_path: str) -> None:
+    """Held-out diagnostics + normalisation statistics, written into the staging dir (see reward_models.check)."""
+    data_dir = run.work_dir / "data"
+    held_out = data_dir / ("eval.jsonl" if (data_dir / "eval.jsonl").is_file() else "train_eval.jsonl")
+    command = [
+        sys.executable,
+        "-m",
+        "reward_models.check",
+        "--rm",
+        str(run.staging),
+        "--data",
+        str(held_out),
+        "--out",
+        str(run.staging),
+        "--batch-size",
+        str(args.diagnostics_batch_size),
+        "--normalization",
+        args.normalization,
+        "--normalization-data",
+        str(data_dir / "train.jsonl"),
+        "--normalization-samples",
+        str(args.normalization_samples),
+        "--name",
+        str(run.output_dir),
+        "--policy",
+        init_path,
+        "--seed",
+        str(args.seed),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"reward diagnostics failed:\n{result.stderr[-4000:]}")
+    print(result.stdout, end="", flush=True)
+
+
+def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) -> Path:
+    run = StageRun(pipeline, STAGE, force=force, restart=restart)
+    if run.already_complete():
+        if run.is_main:
+            print(
+                f"[reward] complete artifact with the same config exists: {run.output_dir} (use --force to re-run)"
+            )
+        return run.output_dir
+    run.tracker.start(pipeline.resolved())
+    exit_code = 1
+    try:
+        trainer, resume_from, init_path = build(pipeline, run)
+        if resume_from:
+            logger.info("[reward] resuming from %s", resume_from)
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        metrics: dict[str, Any] = {
+            "train_loss": result.training_loss,
+            "global_step": result.global_step,
+            **{k: v for k, v in result.metrics.items() if k != "total_flos"},
+        }
+        metrics.update(trainer.evaluate())
+        _save_merged(trainer, run)
+        if run.is_main:
+            write_log_history(run.staging / "log_history.json", trainer.state.log_history)
+            _diagnose_in_fresh_process(run, trainer.args, init_path)
+            diagnostics = json.loads((run.staging / "diagnostics.json").read_text())
+            metrics["heldout_accuracy"] = diagnostics["accuracy"]
+            metrics["heldout_accuracy_ci95_low"] = diagnostics["accuracy_ci95"][0]
+            metrics["heldout_accuracy_ci95_high"] = diagnostics["accuracy_ci95"][1]
+            metrics["heldout_pairs"] = diagnostics["n_pairs"]
+            metrics["length_spearman"] = diagnostics["length_spearman"]
+        path = run.publish(metrics, model_kind="full")
+        report_done(run, path, metrics)
+        exit_code = 0
+        return path
+    finally:
+        run.tracker.finish(exit_code)
+
+
+def _save_merged(trainer: Any, run: StageRun) -> None:
+    """Every rank saves (ZeRO-3 gathers); adapters are then merged on the main process into plain weights."""
+    import peft
+
+    trainer.save_model(str(run.staging))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if run.is_main and isinstance(model, peft.PeftModel):
+        merged = model.merge_and_unload()
+        for leftover in ("adapter_model.safetensors", "adapter_config.json"):
+            (run.staging / leftover).unlink(missing_ok=True)
+        merged.save_pretrained(run.staging, safe_serialization=True)
+    run.state.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    pipeline, args = parse_args(STAGE, argv)
+    train(pipeline, force=args.force, restart=args.restart)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

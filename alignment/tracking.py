@@ -1,0 +1,147 @@
+"""Weights & Biases: each stage is a run, `group` = pipeline run id, `job_type` = stage.
+
+The run is started here, on the main process only, before the trainer exists; transformers' WandbCallback finds
+it and logs into it. Offline mode is the default when no API key is configured, so runs are never lost and can
+be synced later with `wandb sync <dir>`. `tracking.mode: disabled` turns W&B off entirely.
+
+Lineage: the stage's data snapshot is logged as a `dataset` artifact and marked as used by the run; the
+published output as a `model` artifact (by file reference, no copy of the weights). W&B then shows
+data -> stage -> model, and the next stage's `use_artifact` of that model links the stages. W&B refuses
+`use_artifact` in offline mode, so offline runs log the dataset artifact as an output of the run and record
+every input (data snapshots with their hashes, upstream models) in the model artifact's `inputs` metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from alignment.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_mode(mode: str) -> str:
+    """auto -> online with credentials (WANDB_API_KEY or WANDB_MODE=online), else offline."""
+    if mode != "auto":
+        return mode
+    env_mode = os.environ.get("WANDB_MODE", "").lower()
+    if env_mode in ("offline", "online", "disabled"):
+        return env_mode
+    if env_mode == "dryrun":
+        return "offline"
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def pipeline_run_id(pipeline: PipelineConfig) -> str:
+    """The W&B group of all stages of one pipeline run: set by the runner, the config, or derived."""
+    if os.environ.get("ALIGNMENT_RUN_ID"):
+        return os.environ["ALIGNMENT_RUN_ID"]
+    if pipeline.tracking.group:
+        return pipeline.tracking.group
+    blob = json.dumps(
+        {k: v for k, v in pipeline.resolved().items() if k not in ("tracking",)}, sort_keys=True, default=str
+    )
+    return f"{pipeline.name}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def report_to(pipeline: PipelineConfig) -> list[str]:
+    return [] if resolve_mode(pipeline.tracking.mode) == "disabled" else ["wandb"]
+
+
+class StageTracker:
+    """One W&B run for one stage on the main process; a no-op elsewhere or when disabled."""
+
+    def __init__(self, pipeline: PipelineConfig, stage: str, config_hash: str, is_main_process: bool) -> None:
+        self.pipeline = pipeline
+        self.stage = stage
+        self.config_hash = config_hash
+        self.mode = resolve_mode(pipeline.tracking.mode)
+        self.enabled = is_main_process and self.mode != "disabled"
+        self.run: Any = None
+        self.inputs: list[str] = []
+
+    def start(self, config: dict[str, Any]) -> None:
+        if not self.enabled:
+            os.environ.setdefault("WANDB_MODE", "disabled" if self.mode == "disabled" else self.mode)
+            return
+        import wandb
+
+        group = pipeline_run_id(self.pipeline)
+        wandb_dir = Path(self.pipeline.output_dir)
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["WANDB_MODE"] = self.mode
+        os.environ["WANDB_PROJECT"] = self.pipeline.tracking.project
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(
+            project=self.pipeline.tracking.project,
+            entity=self.pipeline.tracking.entity,
+            group=group,
+            job_type=self.stage,
+            name=f"{self.stage}-{self.config_hash[:8]}",
+            id=f"{group}-{self.stage}-{self.config_hash[:8]}".replace("/", "-")[:64],
+            resume="allow",
+            config={"alignment": config, "config_hash": self.config_hash, "stage": self.stage},
+            tags=list(self.pipeline.tracking.tags),
+            dir=str(wandb_dir),
+            mode=self.mode,
+        )
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def use_dataset(self, path: str | Path, name: str, content_hash: str, metadata: dict[str, Any]) -> None:
+        if self.run is None or not self.pipeline.tracking.log_artifacts:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(
+            _artifact_name(name), type="dataset", metadata={"hash": content_hash, **metadata}
+        )
+        artifact.add_file(str(path))
+        self.inputs.append(f"dataset:{_artifact_name(name)}:{content_hash}")
+        if self.mode == "online":
+            self.run.use_artifact(artifact)
+        else:
+            self.run.log_artifact(artifact)
+
+    def use_model(self, path: str | Path, name: str) -> None:
+        """Record an upstream artifact (e.g. the SFT model a reward stage starts from) as an input."""
+        if self.run is None or not self.pipeline.tracking.log_artifacts:
+            return
+        import wandb
+
+        self.inputs.append(f"model:{_artifact_name(name)}:{Path(path).resolve()}")
+        if self.mode == "online":
+            artifact = wandb.Artifact(_artifact_name(name), type="model")
+            artifact.add_reference(Path(path).resolve().as_uri(), checksum=False)
+            self.run.use_artifact(artifact)
+
+    def log_model(self, path: str | Path, name: str, metadata: dict[str, Any]) -> None:
+        if self.run is None or not self.pipeline.tracking.log_artifacts:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(
+            _artifact_name(name), type="model", metadata={**metadata, "inputs": self.inputs}
+        )
+        artifact.add_reference(Path(path).resolve().as_uri(), checksum=False)
+        self.run.log_artifact(artifact)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.summary.update(metrics)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
+def _artifact_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:128]

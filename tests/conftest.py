@@ -1,0 +1,34 @@
+"""Shared test setup: offline hub, offline W&B, a private ALIGNMENT_HOME with the tiny model prepared once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ALIGNMENT_DATA_DIR", REPO.parent / "shared" / "data"))
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def alignment_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Embedded models are prepared into a per-session cache (tiny-random-llama takes a few seconds)."""
+    reuse = os.environ.get("ALIGNMENT_TEST_HOME")  # set it to keep prepared models between local runs
+    home = Path(reuse) if reuse else tmp_path_factory.mktemp("alignment_home")
+    os.environ["ALIGNMENT_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(alignment_home: Path) -> Path:
+    from alignment.models import prepare_embedded
+
+    return prepare_embedded("tiny-random-llama")

@@ -1,0 +1,69 @@
+"""Helpers for tests: shipped configs rewritten into tmp dirs, the real CLI and accelerate launch in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ALIGNMENT_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def write_config(tmp_path: Path, base: str = "smoke.yaml", **updates: object) -> Path:
+    """A copy of a shipped pipeline config with output_dir in tmp_path and dotted-key updates applied."""
+    config = yaml.safe_load((REPO / "configs" / "pipelines" / base).read_text())
+    config["output_dir"] = str(tmp_path / "run")
+    for dotted, value in updates.items():
+        node = config
+        parts = dotted.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_cli(
+    *args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m alignment.cli ...` (the console script's entry point) in a fresh process."""
+    merged = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "alignment.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=merged,
+        check=False,
+    )
+
+
+def accelerate_launch(
+    config_file: str,
+    module: str,
+    *args: str,
+    extra: tuple[str, ...] = (),
+    timeout: int = 900,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    merged = {**os.environ, **(env or {})}
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / config_file),
+        *extra,
+        "-m",
+        module,
+        *args,
+    ]
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=merged, check=False
+    )
