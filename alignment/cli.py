@@ -20,7 +20,11 @@ import sys
 
 from alignment import __version__
 
-STAGE_MODULES = {"sft": "alignment.stages.sft", "reward": "alignment.stages.reward"}
+STAGE_MODULES = {
+    "sft": "alignment.stages.sft",
+    "reward": "alignment.stages.reward",
+    "dpo": "alignment.stages.dpo",
+}
 
 
 def _offline_defaults() -> None:

@@ -105,7 +105,6 @@ def _stage_config_classes() -> dict[str, type]:
 
 
 STAGES = ("sft", "reward", "dpo", "ppo", "grpo", "rloo")
-IMPLEMENTED_STAGES = ("sft", "reward")
 
 
 @dataclass
@@ -406,9 +405,11 @@ def _try_coerce(hint: Any, value: Any, where: str, path: str) -> tuple[bool, Any
     if hint is str:
         return isinstance(value, str), value
     if origin in (list, tuple) or hint in (list, tuple):
+        inner = args[0] if args else Any
+        if isinstance(value, str) and inner is str:  # `loss_type: ipo` means [ipo]
+            value = [value]
         if not isinstance(value, (list, tuple)):
             return False, None
-        inner = args[0] if args else Any
         items = [_coerce_value(inner, item, where, f"{path}[{i}]") for i, item in enumerate(value)]
         return True, items
     if origin is dict or hint is dict:

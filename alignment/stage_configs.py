@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl import RewardConfig, SFTConfig
+from trl import DPOConfig, RewardConfig, SFTConfig
 
 from alignment.config import ModelConfig, StageArgsMixin
 from alignment.data import DataConfig
@@ -46,4 +46,18 @@ class RewardStageConfig(StageArgsMixin, RewardConfig):
     """Pass each pair's `margin` field to the loss (Llama 2's margin term)."""
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": SFTStageConfig, "reward": RewardStageConfig}
+@dataclass
+class DPOStageConfig(StageArgsMixin, DPOConfig):
+    """DPO stage: TRL's DPOConfig (every loss_type, beta, precompute_ref_log_probs, ...) plus data and init."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(eval_fraction=0.1))
+    eval_data: DataConfig | None = None
+    """Held-out pairs for reward accuracy / margins; default: `data.eval_fraction` of the training source."""
+    model: ModelConfig | None = None
+    """Per-stage model override (tuning method), used for loading; the weights come from `init_from`."""
+    init_from: str = "sft"
+    """`sft`: this pipeline's SFT artifact (also the frozen reference); `model`: the `model` section; or a path.
+    With LoRA the reference is the policy with its adapter disabled (no second copy in memory)."""
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": SFTStageConfig, "reward": RewardStageConfig, "dpo": DPOStageConfig}

@@ -23,6 +23,7 @@ from alignment import artifacts
 from alignment.artifacts import ArtifactError
 from alignment.config import ConfigError, PipelineConfig, config_hash, load_pipeline, save_resolved
 from alignment.data import DataConfig, DataError, load_checked, split_train_eval, write_jsonl
+from alignment.models import resolve_model_path
 from alignment.tracking import StageTracker, report_to
 
 logger = logging.getLogger("alignment")
@@ -212,6 +213,39 @@ class StageRun:
             raise ArtifactError(f"input {name}: {path} is not a complete artifact (no MANIFEST.json)")
         self.inputs[name] = artifacts.input_record(path)
         self.tracker.use_model(path, f"{self.pipeline.name}-{name}")
+
+
+def resolve_init_model(
+    pipeline: PipelineConfig, run: StageRun, init_from: str, override: Any, stage: str
+) -> tuple[str, Any]:
+    """Path of the model a stage after SFT starts from, and the ModelConfig that describes how to load and tune it.
+
+    An adapter SFT artifact is merged into its base once (main process, before any ZeRO-3 context exists) so the
+    stage trains (or puts its head) on the SFT weights.
+    """
+    model_cfg = override or pipeline.model
+    if init_from == "model":
+        return resolve_model_path(model_cfg.name_or_path), model_cfg
+    source = pipeline.stage_output_dir("sft") if init_from == "sft" else Path(init_from)
+    if not artifacts.is_complete(source):
+        raise ConfigError(
+            f"{stage}.init_from={init_from!r}: {source} is not a complete artifact. Run the SFT stage first "
+            f"(alignment stage sft --config {pipeline.source_path}), or set {stage}.init_from: model"
+        )
+    run.add_input("sft" if init_from == "sft" else "init", source)
+    manifest = artifacts.read_manifest(source)
+    if manifest.get("model_kind") != "adapter":
+        return str(source), model_cfg
+    merged = run.work_dir / "init_model"
+    if run.is_main and not (merged / "config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained(source).merge_and_unload()
+        model.save_pretrained(merged, safe_serialization=True)
+        AutoTokenizer.from_pretrained(source).save_pretrained(merged)
+    run.state.wait_for_everyone()
+    return str(merged), model_cfg
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

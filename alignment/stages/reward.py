@@ -25,20 +25,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alignment import artifacts
 from alignment.config import ConfigError, PipelineConfig, stage_args
 from alignment.models import (
     apply_freeze,
     count_parameters,
     load_tokenizer,
     peft_config_for,
-    resolve_model_path,
 )
 from alignment.stages.common import (
     StageRun,
     checkpoint_callback,
     parse_args,
     report_done,
+    resolve_init_model,
     setup_logging,
     write_log_history,
 )
@@ -65,37 +64,6 @@ def token_length_fn(tokenizer: Any):
     return token_length
 
 
-def initial_model(pipeline: PipelineConfig, run: StageRun, init_from: str, override: Any) -> tuple[str, Any]:
-    """Path of the model the RM starts from, and the ModelConfig that describes how to load and tune it.
-
-    An adapter SFT artifact is merged into its base once (main process, before any ZeRO-3 context exists) so the
-    sequence-classification head is put on the SFT weights.
-    """
-    model_cfg = override or pipeline.model
-    if init_from == "model":
-        return resolve_model_path(model_cfg.name_or_path), model_cfg
-    source = pipeline.stage_output_dir("sft") if init_from == "sft" else Path(init_from)
-    if not artifacts.is_complete(source):
-        raise ConfigError(
-            f"reward.init_from={init_from!r}: {source} is not a complete artifact. Run the SFT stage first "
-            f"(alignment stage sft --config {pipeline.source_path}), or set reward.init_from: model"
-        )
-    run.add_input("sft" if init_from == "sft" else "init", source)
-    manifest = artifacts.read_manifest(source)
-    if manifest.get("model_kind") != "adapter":
-        return str(source), model_cfg
-    merged = run.work_dir / "init_model"
-    if run.is_main and not (merged / "config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-        from transformers import AutoTokenizer
-
-        model = AutoPeftModelForCausalLM.from_pretrained(source).merge_and_unload()
-        model.save_pretrained(merged, safe_serialization=True)
-        AutoTokenizer.from_pretrained(source).save_pretrained(merged)
-    run.state.wait_for_everyone()
-    return str(merged), model_cfg
-
-
 def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None, Any]:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -103,7 +71,9 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None, Any
 
     resume_from = run.prepare_work_dir()
     section = pipeline.stage_sections.get(STAGE, {})
-    init_path, model_cfg = initial_model(pipeline, run, section.get("init_from", "sft"), section.get("model"))
+    init_path, model_cfg = resolve_init_model(
+        pipeline, run, section.get("init_from", "sft"), section.get("model"), STAGE
+    )
     args = stage_args(pipeline, STAGE, **run.training_defaults())
     tokenizer = load_tokenizer(model_cfg, init_path)
 

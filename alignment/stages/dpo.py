@@ -1,0 +1,152 @@
+"""Direct Preference Optimisation from the SFT artifact, over TRL 1.16's `DPOTrainer`.
+
+DPO (Rafailov et al., 2023, eq. 7): L = -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) -
+(log pi(y_l|x) - log ref(y_l|x))]). Every TRL loss variant is one config key away (`dpo.loss_type: ipo`, `hinge`,
+`robust`, `apo_zero`, ...; a list combines them with `loss_weights`), and `dpo.beta=0.05` sweeps beta.
+
+The reference is the SFT artifact: with LoRA the policy with its adapter disabled (no second copy in memory),
+with full fine-tuning a frozen copy loaded from the SFT artifact, or its log-probs computed once up front
+(`precompute_ref_log_probs: true`).
+
+Assumptions (each tested): rows are canonical conversational preference pairs; over-long pairs are rejected and
+reported, never truncated; a re-run resumes from the latest complete checkpoint with identical losses.
+
+Launch:
+    accelerate launch --config_file configs/accelerate/zero3.yaml -m alignment.stages.dpo \\
+        --config configs/pipelines/smoke.yaml dpo.beta=0.05
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alignment.config import ConfigError, PipelineConfig, stage_args
+from alignment.models import apply_freeze, count_parameters, load_causal_lm, load_tokenizer, peft_config_for
+from alignment.stages.common import (
+    StageRun,
+    checkpoint_callback,
+    parse_args,
+    report_done,
+    resolve_init_model,
+    setup_logging,
+    write_log_history,
+)
+from alignment.stages.reward import token_length_fn
+
+logger = logging.getLogger("alignment.dpo")
+
+STAGE = "dpo"
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]} for row in rows]
+
+
+def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    resume_from = run.prepare_work_dir()
+    section = pipeline.stage_sections.get(STAGE, {})
+    init_path, model_cfg = resolve_init_model(
+        pipeline, run, section.get("init_from", "sft"), section.get("model"), STAGE
+    )
+    args = stage_args(pipeline, STAGE, **run.training_defaults())
+    tokenizer = load_tokenizer(model_cfg, init_path)
+
+    data_cfg = args.data
+    if data_cfg.max_length is None and args.max_length is not None:
+        data_cfg.max_length = args.max_length
+    train_rows, eval_rows = run.load_rows(data_cfg, "preference", "train", token_length_fn(tokenizer))
+    if args.eval_data is not None:
+        if args.eval_data.max_length is None:
+            args.eval_data.max_length = data_cfg.max_length
+        eval_rows, _ = run.load_rows(args.eval_data, "preference", "eval", token_length_fn(tokenizer))
+    if not train_rows:
+        raise ConfigError(f"dpo: no training pairs from {data_cfg.source}")
+
+    model = load_causal_lm(model_cfg, init_path, tokenizer)
+    apply_freeze(model, model_cfg.tuning)
+    peft_config = peft_config_for(model_cfg.tuning)
+    if model_cfg.tuning.method == "prompt_tuning":
+        raise ConfigError(
+            "dpo: prompt_tuning has no adapter-disabled reference; use lora, ia3, freeze or full"
+        )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,  # LoRA: adapter disabled; full: TRL loads a frozen copy from the SFT artifact path
+        args=args,
+        train_dataset=Dataset.from_list(_columns(train_rows)),
+        eval_dataset=Dataset.from_list(_columns(eval_rows)) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[checkpoint_callback(run)],
+    )
+    trainable, total = count_parameters(trainer.model)
+    reference = (
+        "adapter disabled"
+        if peft_config is not None
+        else ("precomputed log-probs" if args.precompute_ref_log_probs else f"frozen copy of {init_path}")
+    )
+    logger.info(
+        "[dpo] from %s: %d / %d parameters trainable (%s); reference: %s; loss %s, beta %s",
+        init_path,
+        trainable,
+        total,
+        model_cfg.tuning.method,
+        reference,
+        args.loss_type,
+        args.beta,
+    )
+    run.model_cfg = model_cfg  # type: ignore[attr-defined]
+    return trainer, resume_from
+
+
+def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) -> Path:
+    run = StageRun(pipeline, STAGE, force=force, restart=restart)
+    if run.already_complete():
+        if run.is_main:
+            print(
+                f"[dpo] complete artifact with the same config exists: {run.output_dir} (use --force to re-run)"
+            )
+        return run.output_dir
+    run.tracker.start(pipeline.resolved())
+    exit_code = 1
+    try:
+        trainer, resume_from = build(pipeline, run)
+        if resume_from:
+            logger.info("[dpo] resuming from %s", resume_from)
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        metrics: dict[str, Any] = {
+            "train_loss": result.training_loss,
+            "global_step": result.global_step,
+            **{k: v for k, v in result.metrics.items() if k != "total_flos"},
+        }
+        if trainer.eval_dataset is not None:
+            metrics.update(trainer.evaluate())
+        trainer.save_model(str(run.staging))
+        model_kind = "full"
+        if run.is_main:
+            from alignment.stages.sft import _finish_weights
+
+            model_kind = _finish_weights(trainer, run.staging, run.model_cfg)  # type: ignore[attr-defined]
+            write_log_history(run.staging / "log_history.json", trainer.state.log_history)
+        path = run.publish(metrics, model_kind=model_kind)
+        report_done(run, path, metrics)
+        exit_code = 0
+        return path
+    finally:
+        run.tracker.finish(exit_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    pipeline, args = parse_args(STAGE, argv)
+    train(pipeline, force=args.force, restart=args.restart)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
