@@ -1,5 +1,6 @@
 """The `alignment` command.
 
+    alignment run configs/pipelines/quickstart.yaml [key=value ...] [--from STAGE] [--dry-run]
     alignment stage sft --config configs/pipelines/smoke.yaml [key=value ...]
     alignment models prepare smollm2-135m-instruct
     alignment config show configs/pipelines/smoke.yaml [key=value ...]
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"alignment {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a pipeline's stages in order, each under accelerate launch")
+    run.add_argument("config", help="pipeline YAML (configs/pipelines/*.yaml)")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dpo.beta=0.05")
+    run.add_argument("--from", dest="from_stage", help="re-run from this stage (and everything after it)")
+    run.add_argument("--dry-run", action="store_true", help="print what would run, and the commands")
 
     stage = commands.add_parser(
         "stage", help="run one stage of a pipeline config in this process", add_help=False
@@ -95,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     try:
+        if args.command == "run":
+            from alignment.pipeline import run as run_pipeline
+
+            return run_pipeline(args.config, args.overrides, args.from_stage, args.dry_run)
         if args.command == "stage":
             module = importlib.import_module(STAGE_MODULES[args.stage_name])
             return int(module.main(args.rest) or 0)

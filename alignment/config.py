@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import yaml
 
+from alignment.data import DataConfig
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the file and key path that caused it and what to do."""
@@ -85,6 +87,20 @@ class TrackingConfig:
     """Log the data snapshot as a dataset artifact and the output as a model artifact (by reference)."""
 
 
+@dataclass
+class GoldEvalConfig:
+    """End-of-run check printed by `alignment run`: gold score of each policy on the same held-out prompts."""
+
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(source="builtin:tasks", seed=1234, task_count=64)
+    )
+    """Prompt rows with a `gold` checker; use a seed other than the training data's for held-out tasks."""
+    policies: list[str] = field(default_factory=lambda: ["sft", "dpo"])
+    """Stages whose artifacts are evaluated (those not run by the pipeline are left out)."""
+    max_new_tokens: int = 48
+    batch_size: int = 16
+
+
 # ------------------------------------------------------------------------------------------------ stage sections
 class StageArgsMixin:
     """Makes TRL configs with nested project dataclasses serialisable (W&B config, JSON)."""
@@ -121,6 +137,8 @@ class PipelineConfig:
     """Distribution settings only (never hyperparameters): configs/accelerate/*.yaml."""
     stages: list[str] = field(default_factory=lambda: ["sft"])
     """Stages `alignment run` executes, in order."""
+    evaluation: GoldEvalConfig | None = None
+    """Optional gold-score check of the policies at the end of `alignment run`."""
     stage_sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Raw, validated stage sections (explicit keys only); turned into TRL configs by `stage_args`."""
     source_path: str | None = None
@@ -139,6 +157,8 @@ class PipelineConfig:
             "accelerate_config": self.accelerate_config,
             "stages": list(self.stages),
         }
+        if self.evaluation is not None:
+            out["evaluation"] = dataclasses.asdict(self.evaluation)
         for stage, section in self.stage_sections.items():
             out[stage] = _plain(section)
         return out
@@ -152,6 +172,7 @@ NON_SEMANTIC_KEYS = frozenset(
         "tracking",
         "accelerate_config",
         "stages",
+        "evaluation",
         "logging_steps",
         "logging_first_step",
         "report_to",
@@ -369,6 +390,8 @@ def _try_coerce(hint: Any, value: Any, where: str, path: str) -> tuple[bool, Any
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return (type(None) in args), None
+        if isinstance(value, str) and str in args:  # a plain string where a string is allowed stays one
+            return True, value
         for arg in sorted(args, key=_union_order):
             if arg is type(None):
                 continue

@@ -329,3 +329,18 @@ def save_for_publish(model: Any, tokenizer: Any, out: Path, tuning: TuningConfig
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return kind
+
+
+def load_artifact_for_inference(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """(model, tokenizer) of a policy artifact for generation: full weights, or base + adapter merged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    return model.eval(), tokenizer

@@ -70,7 +70,9 @@ class StageRun:
     def __post_init__(self) -> None:
         from accelerate import PartialState
 
-        self.state = PartialState()
+        # On a machine without CUDA the processes talk over gloo (MULTI_CPU). PartialState is a singleton: the
+        # first construction decides, so it must say cpu here, before TrainingArguments builds its own.
+        self.state = PartialState(cpu=not torch.cuda.is_available())
         self.is_main = self.state.is_main_process
         self.hash = config_hash(self.pipeline, self.stage)
         self.output_dir = self.pipeline.stage_output_dir(self.stage)

@@ -1,6 +1,6 @@
 """The unchanged SFT stage under `accelerate launch` with 2 CPU processes: DDP (gloo), DeepSpeed ZeRO-2 and ZeRO-3.
 
-The shipped GPU accelerate configs are used as they are; only `--num_processes 2 --cpu --mixed_precision no` is
+The shipped GPU accelerate configs are used as they are; only `--num_processes 2 --mixed_precision no` is
 overridden on the command line, as a user would on a CPU box.
 """
 
@@ -18,7 +18,7 @@ from tests.helpers import REPO, accelerate_launch, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
-CPU_OVERRIDES = ("--num_processes", "2", "--cpu", "--mixed_precision", "no")
+CPU_OVERRIDES = ("--num_processes", "2", "--mixed_precision", "no")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,7 @@ def single_process_shapes(tmp_path_factory: pytest.TempPathFactory, tiny_model_d
     config = write_config(tmp)
     result = run_cli("stage", "sft", "--config", str(config), "sft.max_steps=4")
     assert result.returncode == 0, result.stderr[-3000:]
-    weights = load_file(tmp / "run" / "sft" / "model.safetensors")
-    return {name: tuple(tensor.shape) for name, tensor in weights.items()}
+    return _load_in_fresh_process(tmp / "run" / "sft")
 
 
 def _load_in_fresh_process(artifact: Path) -> dict[str, tuple]:
@@ -76,8 +75,7 @@ def test_sft_under_accelerate_launch(
     assert manifest["metrics"]["global_step"] == 4
     # printed once, by the main process
     assert result.stdout.count("[sft] artifact:") == 1
-    shapes = _load_in_fresh_process(artifact)
-    saved = {name: tuple(tensor.shape) for name, tensor in load_file(artifact / "model.safetensors").items()}
-    assert saved == single_process_shapes
-    assert all(len(shape) > 0 for shape in shapes.values())
-    assert shapes["model.embed_tokens.weight"] == single_process_shapes["model.embed_tokens.weight"]
+    # the weights reload (fresh process: never inside a ZeRO-3 context) with the 1-process run's shapes
+    assert _load_in_fresh_process(artifact) == single_process_shapes
+    saved = load_file(artifact / "model.safetensors")
+    assert all(tensor.numel() > 0 for tensor in saved.values()), "empty (still sharded) tensors were saved"

@@ -38,7 +38,9 @@ def test_reward_artifact_has_rm_normalisation_and_diagnostics(sft_then_reward: t
     assert manifest["inputs"]["sft"]["path"] == str((tmp / "run" / "sft").resolve())
     diagnostics = json.loads((artifact / "diagnostics.json").read_text())
     assert diagnostics["n_pairs"] == 16  # eval_fraction 0.25 of 64 tasks
-    assert 0.0 <= diagnostics["accuracy_ci95"][0] <= diagnostics["accuracy"] <= diagnostics["accuracy_ci95"][1]
+    assert (
+        0.0 <= diagnostics["accuracy_ci95"][0] <= diagnostics["accuracy"] <= diagnostics["accuracy_ci95"][1]
+    )
     assert len(diagnostics["calibration"]) == 4
     assert "by_source" in diagnostics and diagnostics["by_source"]
     assert "pairwise accuracy" in (artifact / "diagnostics.md").read_text()
@@ -47,7 +49,9 @@ def test_reward_artifact_has_rm_normalisation_and_diagnostics(sft_then_reward: t
     assert stats["n"] == 32 and stats["std"] > 0
     # the stats describe the RM's raw scores on the training pairs' chosen responses
     rm = LearnedRewardModel(artifact)
-    rows = [json.loads(line) for line in (tmp / "run" / ".work" / "reward" / "data" / "train.jsonl").open()][:32]
+    rows = [json.loads(line) for line in (tmp / "run" / ".work" / "reward" / "data" / "train.jsonl").open()][
+        :32
+    ]
     raw = rm.raw_score([r["prompt"] for r in rows], [r["chosen"][-1]["content"] for r in rows])
     assert raw.mean().item() == pytest.approx(stats["mean"], abs=1e-4)
     normalised = rm.score([r["prompt"] for r in rows], [r["chosen"][-1]["content"] for r in rows])
@@ -77,8 +81,14 @@ def test_rm_check_and_score_commands(sft_then_reward: tuple[Path, Path]) -> None
 
     prompts = tmp / "prompts.jsonl"
     rows = [
-        {"prompt": [{"role": "user", "content": "What is 2 + 2?"}], "completion": [{"role": "assistant", "content": "4"}]},
-        {"prompt": [{"role": "user", "content": "Say hi"}], "completion": [{"role": "assistant", "content": "hi"}]},
+        {
+            "prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+            "completion": [{"role": "assistant", "content": "4"}],
+        },
+        {
+            "prompt": [{"role": "user", "content": "Say hi"}],
+            "completion": [{"role": "assistant", "content": "hi"}],
+        },
     ]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp / "scores.jsonl"
@@ -99,7 +109,9 @@ def test_reward_without_sft_artifact_is_a_clear_error(tmp_path: Path, tiny_model
 def test_reward_exact_resume(tmp_path: Path, sft_then_reward: tuple[Path, Path]) -> None:
     base, _ = sft_then_reward
     config = write_config(tmp_path, reward__init_from=str(base / "run" / "sft"))
-    killed = run_cli("stage", "reward", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"})
+    killed = run_cli(
+        "stage", "reward", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"}
+    )
     assert killed.returncode == 137, killed.stderr[-3000:]
     resumed = run_cli("stage", "reward", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -111,8 +123,11 @@ def test_reward_under_zero2_two_processes(tmp_path: Path, sft_then_reward: tuple
     base, _ = sft_then_reward
     config = write_config(tmp_path, reward__init_from=str(base / "run" / "sft"))
     result = accelerate_launch(
-        "zero2.yaml", "alignment.stages.reward", "--config", str(config),
-        extra=("--num_processes", "2", "--cpu", "--mixed_precision", "no"),
+        "zero2.yaml",
+        "alignment.stages.reward",
+        "--config",
+        str(config),
+        extra=("--num_processes", "2", "--mixed_precision", "no"),
     )
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-5000:])
     manifest = json.loads((tmp_path / "run" / "reward" / "MANIFEST.json").read_text())
