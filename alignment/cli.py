@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv[:1] == ["rm-check"]:  # its own parser: options come first, which argparse.REMAINDER would reject
+        argv = ["rm-check", "--", *argv[1:]]
     if not argv:
         parser.print_help()
         return 0
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rm-check":
             from reward_models.check import main as rm_check
 
-            return rm_check(args.rest)
+            return rm_check([a for i, a in enumerate(args.rest) if not (i == 0 and a == "--")])
         if args.command == "score":
             return _score(args)
     except (ValueError, RuntimeError) as error:  # ConfigError, DataError, ArtifactError: user-facing

@@ -282,6 +282,29 @@ def convert_gsm8k(record: Any, kind: str) -> list[Row]:
     raise _unsupported("gsm8k", kind, "sft/prompt")
 
 
+def convert_gsm8k_solutions(record: Any, kind: str) -> list[Row]:
+    """GSM8K example model solutions with `is_correct` labels: every (correct, incorrect) pair of one question.
+
+    The data set's README asks never to train on pairs of a question you also evaluate on: the held-out split
+    groups rows by prompt, so all pairs of a question fall on one side.
+    """
+    question = _field(record, "question")
+    solutions = [v for v in record.values() if isinstance(v, dict) and "is_correct" in v and "solution" in v]
+    if not solutions:
+        raise RowError("missing_field", "no model solutions with `is_correct` labels")
+    prompt = [user(question)]
+    if kind == "prompt":
+        return [{"prompt": prompt, "source": "gsm8k"}]
+    good = [s["solution"] for s in solutions if s["is_correct"]]
+    bad = [s["solution"] for s in solutions if not s["is_correct"]]
+    if kind == "sft":
+        return [{"prompt": prompt, "completion": [assistant(text)], "source": "gsm8k"} for text in good[:1]]
+    if kind != "preference":
+        raise _unsupported("gsm8k_solutions", kind, "preference/sft/prompt")
+    return [{"prompt": prompt, "chosen": [assistant(g)], "rejected": [assistant(b)], "source": "gsm8k"}
+            for g in good for b in bad if g.strip() != b.strip()]
+
+
 # -------------------------------------------------------------------------------------------- preference sets
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
@@ -413,6 +436,7 @@ FORMATS: dict[str, Converter] = {
     "self_instruct": convert_self_instruct,
     "user_oriented": convert_user_oriented,
     "gsm8k": convert_gsm8k,
+    "gsm8k_solutions": convert_gsm8k_solutions,
     "hh": convert_hh,
     "oasst_tree": convert_oasst_tree,
     "prompt_text": convert_prompt_text,
@@ -439,6 +463,8 @@ def detect_format(record: Any) -> str:
         return "oasst_tree"
     if {"question", "answer"} <= keys:
         return "gsm8k"
+    if {"question", "ground_truth"} <= keys:
+        return "gsm8k_solutions"
     if "conversations" in keys:
         return "sharegpt"
     if "instances" in keys and "instruction" in keys:

@@ -30,15 +30,29 @@ def content_hash(rows: Sequence[dict[str, Any]]) -> str:
 def split_train_eval(
     rows: Sequence[dict[str, Any]], eval_fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Seeded random held-out split; both parts keep the original order. Fraction in [0, 1)."""
+    """Seeded random held-out split by prompt: rows sharing a prompt (OpenAssistant siblings, several solutions
+    of one GSM8K question) land on the same side, so nothing held out was seen in training. Fraction in [0, 1);
+    both parts keep the original order."""
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    n_eval = int(round(len(rows) * eval_fraction))
-    if eval_fraction > 0 and len(rows) > 1:
-        n_eval = max(1, min(n_eval, len(rows) - 1))
-    indices = list(range(len(rows)))
-    random.Random(seed).shuffle(indices)
-    held_out = set(indices[:n_eval])
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        key = json.dumps(row.get("prompt", row), sort_keys=True, ensure_ascii=False)
+        groups.setdefault(key, []).append(index)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    target = int(round(len(rows) * eval_fraction))
+    if eval_fraction > 0 and len(keys) > 1:
+        target = max(1, target)
+    held_out: set[int] = set()
+    for key in keys:
+        if len(held_out) >= target or len(held_out) + len(groups[key]) > max(target, 1) * 1.5 and held_out:
+            continue
+        held_out.update(groups[key])
+        if len(held_out) >= target:
+            break
+    if len(held_out) == len(rows):  # never hold out everything
+        held_out = set()
     train = [row for i, row in enumerate(rows) if i not in held_out]
     evaluation = [row for i, row in enumerate(rows) if i in held_out]
     return train, evaluation

@@ -144,3 +144,23 @@ def test_split_and_hash_are_deterministic(tmp_path: Path) -> None:
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 100
     with pytest.raises(ValueError):
         split_train_eval(rows, 1.0, 0)
+
+
+def test_split_keeps_rows_of_one_prompt_together() -> None:
+    rows = [{"prompt": [{"role": "user", "content": f"q{i // 3}"}], "n": i} for i in range(60)]  # 20 prompts x 3
+    train, held = split_train_eval(rows, 0.25, seed=0)
+    train_prompts = {r["prompt"][0]["content"] for r in train}
+    held_prompts = {r["prompt"][0]["content"] for r in held}
+    assert not train_prompts & held_prompts
+    assert 12 <= len(held) <= 18 and len(held) % 3 == 0
+
+
+def test_gsm8k_solution_pairs_by_question() -> None:
+    from tests.helpers import SHARED_DATA
+
+    result = load(DataConfig(source=str(SHARED_DATA / "gsm8k/example_model_solutions.jsonl")), "preference")
+    assert result.format == "gsm8k_solutions" and not result.rejects
+    first = json.loads((SHARED_DATA / "gsm8k/example_model_solutions.jsonl").open().readline())
+    labels = [v["is_correct"] for v in first.values() if isinstance(v, dict) and "is_correct" in v]
+    n_first = sum(1 for r in result.rows if r["prompt"][0]["content"] == first["question"])
+    assert n_first == sum(labels) * (len(labels) - sum(labels))

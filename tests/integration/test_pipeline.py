@@ -1,0 +1,132 @@
+"""`alignment run` and the DPO stage on the tiny model: end to end, skipping, resume, ZeRO-3, failures, DPO loss."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, accelerate_launch, run_cli, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def _losses(artifact: Path) -> list[float]:
+    return [e["loss"] for e in json.loads((artifact / "log_history.json").read_text()) if "loss" in e]
+
+
+@pytest.fixture(scope="module")
+def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path, str]:
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = write_config(tmp, evaluation={"data": {"source": "builtin:tasks", "split": "test", "task_count": 18},
+                                           "policies": ["sft", "dpo"], "max_new_tokens": 8})
+    result = run_cli("run", str(config))
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    return tmp, config, result.stdout
+
+
+def test_smoke_pipeline_runs_every_stage_and_records_the_run(smoke_pipeline: tuple[Path, Path, str]) -> None:
+    tmp, _, stdout = smoke_pipeline
+    run_dir = tmp / "run"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "complete"
+    assert [s["stage"] for s in record["stages"]] == ["sft", "reward", "dpo"]
+    assert all(s["status"] == "done" and s["artifact"] for s in record["stages"])
+    group = record["wandb_group"]
+    for stage in ("sft", "reward", "dpo"):
+        manifest = json.loads((run_dir / stage / "MANIFEST.json").read_text())
+        assert manifest["wandb_group"] == group  # one W&B group for the whole run
+        assert (run_dir / "logs" / f"{stage}.log").is_file()
+    dpo_manifest = json.loads((run_dir / "dpo" / "MANIFEST.json").read_text())
+    assert dpo_manifest["inputs"]["sft"]["path"] == str((run_dir / "sft").resolve())
+    gold = json.loads((run_dir / "gold_eval.json").read_text())
+    assert set(gold) >= {"sft", "dpo"} and all(0.0 <= gold[k] <= 1.0 for k in ("sft", "dpo"))
+    assert gold["details"]["sft"]["n"] == 18
+    assert "RM held-out accuracy" in stdout and "DPO held-out reward accuracy" in stdout
+    assert "gold task score: dpo" in stdout
+
+
+def test_second_run_skips_everything(smoke_pipeline: tuple[Path, Path, str]) -> None:
+    tmp, config, _ = smoke_pipeline
+    before = {s: (tmp / "run" / s / "MANIFEST.json").read_text() for s in ("sft", "reward", "dpo")}
+    again = run_cli("run", str(config))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped (complete with the same config and inputs)") == 3
+    assert before == {s: (tmp / "run" / s / "MANIFEST.json").read_text() for s in ("sft", "reward", "dpo")}
+
+
+def test_dry_run_and_from_and_changed_config(smoke_pipeline: tuple[Path, Path, str]) -> None:
+    _, config, _ = smoke_pipeline
+    dry = run_cli("run", str(config), "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count(": skip (") == 3
+    from_reward = run_cli("run", str(config), "--dry-run", "--from", "reward")
+    assert "# sft: skip" in from_reward.stdout and "# reward: run (--from reward)" in from_reward.stdout
+    assert "# dpo: run (--from reward)" in from_reward.stdout
+    assert "alignment.stages.reward" in from_reward.stdout and "--force" in from_reward.stdout
+    changed = run_cli("run", str(config), "--dry-run", "dpo.beta=0.5")
+    assert "# dpo: run (config changed" in changed.stdout and "# reward: skip" in changed.stdout
+    upstream = run_cli("run", str(config), "--dry-run", "sft.learning_rate=0.002")
+    assert "# reward: run (an upstream stage runs again)" in upstream.stdout
+
+
+def test_every_shipped_pipeline_dry_runs(tmp_path: Path) -> None:
+    for path in sorted((REPO / "configs" / "pipelines").glob("*.yaml")):
+        result = run_cli("run", str(path), f"output_dir={tmp_path / path.stem}", "--dry-run")
+        assert result.returncode == 0, (path, result.stderr[-2000:])
+        stages = yaml.safe_load(path.read_text()).get("stages", ["sft"])
+        for stage in stages:
+            assert f"# {stage}: run (no artifact yet)" in result.stdout, path
+
+
+def test_failed_stage_stops_with_log_and_rerun_command(tmp_path: Path, tiny_model_dir: Path) -> None:
+    config = write_config(tmp_path, reward__data={"source": str(tmp_path / "missing.jsonl")})
+    result = run_cli("run", str(config))
+    assert result.returncode != 0
+    assert "reward failed" in result.stdout
+    assert "missing.jsonl" in result.stdout  # the stage's own error, from its log tail
+    assert f"log: {tmp_path / 'run' / 'logs' / 'reward.log'}" in result.stdout
+    assert "re-run this stage alone:" in result.stdout and "alignment.stages.reward" in result.stdout
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [s["status"] for s in record["stages"]] == ["done", "failed"]
+
+
+def test_dpo_exact_resume_after_kill(tmp_path: Path, smoke_pipeline: tuple[Path, Path, str]) -> None:
+    base, _, _ = smoke_pipeline
+    config = write_config(tmp_path, dpo__init_from=str(base / "run" / "sft"))
+    killed = run_cli("stage", "dpo", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"})
+    assert killed.returncode == 137, killed.stderr[-3000:]
+    resumed = run_cli("stage", "dpo", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    assert _losses(tmp_path / "run" / "dpo") == pytest.approx(_losses(base / "run" / "dpo"), abs=1e-5)
+
+
+def test_dpo_changed_must_match_field_refuses_to_resume(tmp_path: Path, smoke_pipeline: tuple[Path, Path, str]) -> None:
+    base, _, _ = smoke_pipeline
+    config = write_config(tmp_path, dpo__init_from=str(base / "run" / "sft"))
+    killed = run_cli("stage", "dpo", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"})
+    assert killed.returncode == 137
+    changed = run_cli("stage", "dpo", "--config", str(config), "dpo.beta=0.3")
+    assert changed.returncode == 2
+    assert "holds checkpoints of this stage with a different configuration" in changed.stderr
+
+
+def test_dpo_under_zero3_two_processes(tmp_path: Path, smoke_pipeline: tuple[Path, Path, str]) -> None:
+    base, _, _ = smoke_pipeline
+    config = write_config(tmp_path, dpo__init_from=str(base / "run" / "sft"))
+    result = accelerate_launch("zero3.yaml", "alignment.stages.dpo", "--config", str(config), "dpo.max_steps=2",
+                               extra=("--num_processes", "2", "--mixed_precision", "no"))
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-5000:])
+    manifest = json.loads((tmp_path / "run" / "dpo" / "MANIFEST.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["metrics"]["global_step"] == 2
+
+
+def test_dpo_first_step_loss_equals_hand_computation(smoke_pipeline: tuple[Path, Path, str]) -> None:
+    """At step 0 policy == reference, so every implicit reward is 0 and the sigmoid loss is -log sigmoid(0)."""
+    base, _, _ = smoke_pipeline
+    first = json.loads((base / "run" / "dpo" / "log_history.json").read_text())[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
