@@ -22,9 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: setup
-	$(VENV)/bin/alignment stage sft --config configs/pipelines/smoke.yaml
+	$(VENV)/bin/alignment run configs/pipelines/quickstart.yaml
 
-smoke: quickstart
+smoke: setup
+	$(VENV)/bin/alignment run configs/pipelines/smoke.yaml
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -108,10 +108,17 @@ def convert_prompt_completion(record: Any, kind: str) -> list[Row]:
     return [_extras(record, {"prompt": prompt, "completion": completion})]
 
 
+def _strip_prompt(reply: list[dict[str, str]], prompt: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Some sets (UltraFeedback binarized) repeat the prompt inside chosen/rejected: keep the reply only."""
+    if len(reply) > 1 and reply[: len(prompt)] == prompt:
+        return reply[len(prompt) :]
+    return reply
+
+
 def convert_preference(record: Any, kind: str) -> list[Row]:
     prompt = _as_prompt(_field(record, "prompt", (str, list)))
-    chosen = _as_reply(_field(record, "chosen", (str, list)), "chosen")
-    rejected = _as_reply(_field(record, "rejected", (str, list)), "rejected")
+    chosen = _strip_prompt(_as_reply(_field(record, "chosen", (str, list)), "chosen"), prompt)
+    rejected = _strip_prompt(_as_reply(_field(record, "rejected", (str, list)), "rejected"), prompt)
     if kind == "preference":
         return [_extras(record, {"prompt": prompt, "chosen": chosen, "rejected": rejected})]
     if kind == "sft":
