@@ -102,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run" and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = list(args.overrides) + extra  # key=value after an option: `run X --dry-run a.b=1`
+    elif extra and args.command not in ("stage", "rm-check"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "run":
             from alignment.pipeline import run as run_pipeline

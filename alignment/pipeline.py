@@ -156,7 +156,7 @@ def run(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=False)
+    console = Console(soft_wrap=True)  # long paths and commands stay copy-pasteable
     pipeline = load_pipeline(config_path, overrides)
     output = Path(pipeline.output_dir)
     output.mkdir(parents=True, exist_ok=True)

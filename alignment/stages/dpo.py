@@ -46,6 +46,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     from datasets import Dataset
+    from transformers import set_seed
     from trl import DPOTrainer
 
     resume_from = run.prepare_work_dir()
@@ -67,6 +68,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     if not train_rows:
         raise ConfigError(f"dpo: no training pairs from {data_cfg.source}")
 
+    set_seed(args.seed)  # adapters and resized embeddings start the same on every run
     model = load_causal_lm(model_cfg, init_path, tokenizer)
     apply_freeze(model, model_cfg.tuning)
     peft_config = peft_config_for(model_cfg.tuning)

@@ -66,7 +66,7 @@ def token_length_fn(tokenizer: Any):
 
 def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None, Any]:
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardTrainer
 
     resume_from = run.prepare_work_dir()
@@ -101,6 +101,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None, Any
             "reward: adapters are merged into the published RM, which needs whole weights; under ZeRO-3 use "
             "model.tuning.method=full or freeze, or ZeRO-2"
         )
+    set_seed(args.seed)  # the new score head's initialisation is part of the experiment
     model = AutoModelForSequenceClassification.from_pretrained(
         init_path,
         num_labels=1,

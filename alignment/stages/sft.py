@@ -68,6 +68,7 @@ def token_length_fn(tokenizer: Any):
 def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     """Model, tokenizer, data and the configured SFTTrainer; returns (trainer, checkpoint to resume)."""
     from datasets import Dataset
+    from transformers import set_seed
     from trl import SFTTrainer
 
     resume_from = run.prepare_work_dir()
@@ -89,6 +90,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     if not train_rows:
         raise ConfigError(f"sft: no training rows from {data_cfg.source}")
 
+    set_seed(args.seed)  # adapters and resized embeddings start the same on every run
     model = load_causal_lm(model_cfg, model_path, tokenizer)
     apply_freeze(model, model_cfg.tuning)
     peft_config = peft_config_for(model_cfg.tuning)
