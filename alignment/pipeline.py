@@ -90,11 +90,17 @@ def plan(pipeline: PipelineConfig, resolved: Path, from_stage: str | None = None
         out = pipeline.stage_output_dir(stage)
         log_path = Path(pipeline.output_dir) / "logs" / f"{stage}.log"
         depends_on_rerun = any(up in rerun_upstream for up in UPSTREAM.get(stage, ()))
+        has_checkpoint = artifacts.latest_complete_checkpoint(Path(pipeline.output_dir) / ".work" / stage) is not None
         if forced:
             action, reason = "run", f"--from {from_stage}"
+        elif not artifacts.is_complete(out):
+            if has_checkpoint:
+                action, reason = "resume", "interrupted: resumes from its latest complete checkpoint"
+            else:
+                action, reason = "run", "no artifact yet"
         elif depends_on_rerun:
             action, reason = "run", "an upstream stage runs again"
-        elif artifacts.is_complete(out):
+        else:
             manifest = artifacts.read_manifest(out)
             stale = _inputs_changed(pipeline, stage)
             if manifest.get("config_hash") != digest:
@@ -103,10 +109,6 @@ def plan(pipeline: PipelineConfig, resolved: Path, from_stage: str | None = None
                 action, reason = "run", stale
             else:
                 action, reason = "skip", "complete with the same config and inputs"
-        elif artifacts.latest_complete_checkpoint(Path(pipeline.output_dir) / ".work" / stage) is not None:
-            action, reason = "resume", "interrupted: resumes from its latest complete checkpoint"
-        else:
-            action, reason = "run", "no artifact yet"
         if action != "skip":
             rerun_upstream.add(stage)
         force = action == "run" and artifacts.is_complete(out)
@@ -171,7 +173,7 @@ def run(
                 print(shlex.join(step.command))
         return 0
 
-    env = {**os.environ, "ALIGNMENT_RUN_ID": group}
+    env = {**os.environ, "ALIGNMENT_RUN_ID": group, "PYTHONUNBUFFERED": "1"}  # live stage logs
     started = time.time()
     record: dict[str, Any] = {
         "name": pipeline.name,
@@ -330,6 +332,8 @@ def summarise(pipeline: PipelineConfig, plans: list[StagePlan]) -> Any:
     if "dpo_eval_reward_accuracy" in rows:
         table.add_row("DPO held-out reward accuracy", fmt(rows["dpo_eval_reward_accuracy"]))
         table.add_row("DPO held-out reward margin", fmt(rows["dpo_eval_reward_margin"]))
-    for name, value in rows.get("gold", {}).items():
-        table.add_row(f"gold task score: {name}", fmt(value))
+    gold = rows.get("gold", {})
+    order = pipeline.evaluation.policies if pipeline.evaluation is not None else sorted(gold)
+    for name in (n for n in order if n in gold):
+        table.add_row(f"gold task score: {name} (held-out tasks)", fmt(gold[name]))
     return table
