@@ -90,7 +90,9 @@ def plan(pipeline: PipelineConfig, resolved: Path, from_stage: str | None = None
         out = pipeline.stage_output_dir(stage)
         log_path = Path(pipeline.output_dir) / "logs" / f"{stage}.log"
         depends_on_rerun = any(up in rerun_upstream for up in UPSTREAM.get(stage, ()))
-        has_checkpoint = artifacts.latest_complete_checkpoint(Path(pipeline.output_dir) / ".work" / stage) is not None
+        has_checkpoint = (
+            artifacts.latest_complete_checkpoint(Path(pipeline.output_dir) / ".work" / stage) is not None
+        )
         if forced:
             action, reason = "run", f"--from {from_stage}"
         elif not artifacts.is_complete(out):
@@ -127,16 +129,16 @@ def _run_stage(step: StagePlan, env: dict[str, str], console: Any) -> int:
     with open(step.log_path, "w") as log, console.status(f"[bold]{step.stage}[/bold] starting") as status:
         log.write("$ " + shlex.join(step.command) + "\n")
         log.flush()
-        process = subprocess.Popen(
-            step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1
-        )
+        process = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert process.stdout is not None
         buffer = ""
         while True:
-            chunk = process.stdout.read(256)
-            if not chunk:
+            data = os.read(process.stdout.fileno(), 65536)  # whatever has arrived; progress bars end in \r
+            if not data:
                 break
+            chunk = data.decode("utf-8", errors="replace")
             log.write(chunk)
+            log.flush()
             buffer += chunk
             *lines, buffer = buffer.replace("\r", "\n").split("\n")
             for line in lines:
@@ -310,7 +312,12 @@ def summary_rows(pipeline: PipelineConfig, plans: list[StagePlan]) -> dict[str, 
         rows["dpo_eval_reward_margin"] = m.get("eval_rewards/margins")
     gold_path = Path(pipeline.output_dir) / "gold_eval.json"
     if gold_path.is_file():
-        rows["gold"] = {k: v for k, v in json.loads(gold_path.read_text()).items() if k != "details"}
+        gold = json.loads(gold_path.read_text())
+        rows["gold"] = {k: v for k, v in gold.items() if k != "details"}
+        rows["gold_details"] = {
+            k: {"n": v["n"], "ci95_half_width": v.get("ci95_half_width")}
+            for k, v in gold.get("details", {}).items()
+        }
     return rows
 
 
@@ -334,6 +341,9 @@ def summarise(pipeline: PipelineConfig, plans: list[StagePlan]) -> Any:
         table.add_row("DPO held-out reward margin", fmt(rows["dpo_eval_reward_margin"]))
     gold = rows.get("gold", {})
     order = pipeline.evaluation.policies if pipeline.evaluation is not None else sorted(gold)
+    details = rows.get("gold_details", {})
     for name in (n for n in order if n in gold):
-        table.add_row(f"gold task score: {name} (held-out tasks)", fmt(gold[name]))
+        half = details.get(name, {}).get("ci95_half_width")
+        shown = fmt(gold[name]) + (f" ± {half:.3f} (n={details[name]['n']})" if half is not None else "")
+        table.add_row(f"gold task score: {name} (held-out tasks)", shown)
     return table

@@ -67,3 +67,12 @@ def accelerate_launch(
     return subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=merged, check=False
     )
+
+
+def logged_losses(artifact: Path) -> list[float]:
+    """Per-step training losses recorded in an artifact's log_history.json."""
+    import json
+
+    return [
+        entry["loss"] for entry in json.loads((artifact / "log_history.json").read_text()) if "loss" in entry
+    ]

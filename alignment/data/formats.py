@@ -308,8 +308,12 @@ def convert_gsm8k_solutions(record: Any, kind: str) -> list[Row]:
         return [{"prompt": prompt, "completion": [assistant(text)], "source": "gsm8k"} for text in good[:1]]
     if kind != "preference":
         raise _unsupported("gsm8k_solutions", kind, "preference/sft/prompt")
-    return [{"prompt": prompt, "chosen": [assistant(g)], "rejected": [assistant(b)], "source": "gsm8k"}
-            for g in good for b in bad if g.strip() != b.strip()]
+    return [
+        {"prompt": prompt, "chosen": [assistant(g)], "rejected": [assistant(b)], "source": "gsm8k"}
+        for g in good
+        for b in bad
+        if g.strip() != b.strip()
+    ]
 
 
 # -------------------------------------------------------------------------------------------- preference sets

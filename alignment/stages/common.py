@@ -174,6 +174,23 @@ class StageRun:
         )
         return train_rows, eval_rows
 
+    def load_train_eval(
+        self, args: Any, kind: str, token_length: Any
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The stage's `data` (split by `eval_fraction`) and optional `eval_data`; rows over the trainer's
+        max_length are rejected and reported, never truncated."""
+        data_cfg = args.data
+        if data_cfg.max_length is None and getattr(args, "max_length", None) is not None:
+            data_cfg.max_length = args.max_length
+        train_rows, eval_rows = self.load_rows(data_cfg, kind, "train", token_length)
+        if args.eval_data is not None:
+            if args.eval_data.max_length is None:
+                args.eval_data.max_length = data_cfg.max_length
+            eval_rows, _ = self.load_rows(args.eval_data, kind, "eval", token_length)
+        if not train_rows:
+            raise ConfigError(f"{self.stage}: no training rows from {data_cfg.source}")
+        return train_rows, eval_rows
+
     # ------------------------------------------------------------------------------------------------ publish
     def publish(
         self, metrics: dict[str, Any], extra_files: dict[str, Any] | None = None, model_kind: str = "full"

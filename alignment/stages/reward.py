@@ -77,16 +77,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None, Any
     args = stage_args(pipeline, STAGE, **run.training_defaults())
     tokenizer = load_tokenizer(model_cfg, init_path)
 
-    data_cfg = args.data
-    if data_cfg.max_length is None and args.max_length is not None:
-        data_cfg.max_length = args.max_length
-    train_rows, eval_rows = run.load_rows(data_cfg, "preference", "train", token_length_fn(tokenizer))
-    if args.eval_data is not None:
-        if args.eval_data.max_length is None:
-            args.eval_data.max_length = data_cfg.max_length
-        eval_rows, _ = run.load_rows(args.eval_data, "preference", "eval", token_length_fn(tokenizer))
-    if not train_rows:
-        raise ConfigError(f"reward: no training pairs from {data_cfg.source}")
+    train_rows, eval_rows = run.load_train_eval(args, "preference", token_length_fn(tokenizer))
     if not eval_rows:
         raise ConfigError(
             "reward: no held-out pairs for the diagnostics; set reward.data.eval_fraction or eval_data"

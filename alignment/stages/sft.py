@@ -78,17 +78,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     tokenizer = load_tokenizer(model_cfg, model_path)
 
     # Data: never truncate silently; rows over the trainer's max_length are rejected and reported.
-    data_cfg = args.data
-    if data_cfg.max_length is None and args.max_length is not None:
-        data_cfg.max_length = args.max_length
-    train_rows, eval_rows = run.load_rows(data_cfg, "sft", "train", token_length_fn(tokenizer))
-    if args.eval_data is not None:
-        eval_cfg = args.eval_data
-        if eval_cfg.max_length is None:
-            eval_cfg.max_length = data_cfg.max_length
-        eval_rows, _ = run.load_rows(eval_cfg, "sft", "eval", token_length_fn(tokenizer))
-    if not train_rows:
-        raise ConfigError(f"sft: no training rows from {data_cfg.source}")
+    train_rows, eval_rows = run.load_train_eval(args, "sft", token_length_fn(tokenizer))
 
     set_seed(args.seed)  # adapters and resized embeddings start the same on every run
     model = load_causal_lm(model_cfg, model_path, tokenizer)

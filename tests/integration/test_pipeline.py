@@ -9,20 +9,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, accelerate_launch, run_cli, write_config
+from tests.helpers import REPO, accelerate_launch, logged_losses, run_cli, write_config
 
 pytestmark = pytest.mark.integration
-
-
-def _losses(artifact: Path) -> list[float]:
-    return [e["loss"] for e in json.loads((artifact / "log_history.json").read_text()) if "loss" in e]
 
 
 @pytest.fixture(scope="module")
 def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path, str]:
     tmp = tmp_path_factory.mktemp("pipeline")
-    config = write_config(tmp, evaluation={"data": {"source": "builtin:tasks", "split": "test", "task_count": 18},
-                                           "policies": ["sft", "dpo"], "max_new_tokens": 8})
+    config = write_config(
+        tmp,
+        evaluation={
+            "data": {"source": "builtin:tasks", "split": "test", "task_count": 18},
+            "policies": ["sft", "dpo"],
+            "max_new_tokens": 8,
+        },
+    )
     result = run_cli("run", str(config))
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     return tmp, config, result.stdout
@@ -102,10 +104,14 @@ def test_dpo_exact_resume_after_kill(tmp_path: Path, smoke_pipeline: tuple[Path,
     resumed = run_cli("stage", "dpo", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
-    assert _losses(tmp_path / "run" / "dpo") == pytest.approx(_losses(base / "run" / "dpo"), abs=1e-5)
+    assert logged_losses(tmp_path / "run" / "dpo") == pytest.approx(
+        logged_losses(base / "run" / "dpo"), abs=1e-5
+    )
 
 
-def test_dpo_changed_must_match_field_refuses_to_resume(tmp_path: Path, smoke_pipeline: tuple[Path, Path, str]) -> None:
+def test_dpo_changed_must_match_field_refuses_to_resume(
+    tmp_path: Path, smoke_pipeline: tuple[Path, Path, str]
+) -> None:
     base, _, _ = smoke_pipeline
     config = write_config(tmp_path, dpo__init_from=str(base / "run" / "sft"))
     killed = run_cli("stage", "dpo", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"})
@@ -118,8 +124,14 @@ def test_dpo_changed_must_match_field_refuses_to_resume(tmp_path: Path, smoke_pi
 def test_dpo_under_zero3_two_processes(tmp_path: Path, smoke_pipeline: tuple[Path, Path, str]) -> None:
     base, _, _ = smoke_pipeline
     config = write_config(tmp_path, dpo__init_from=str(base / "run" / "sft"))
-    result = accelerate_launch("zero3.yaml", "alignment.stages.dpo", "--config", str(config), "dpo.max_steps=2",
-                               extra=("--num_processes", "2", "--mixed_precision", "no"))
+    result = accelerate_launch(
+        "zero3.yaml",
+        "alignment.stages.dpo",
+        "--config",
+        str(config),
+        "dpo.max_steps=2",
+        extra=("--num_processes", "2", "--mixed_precision", "no"),
+    )
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-5000:])
     manifest = json.loads((tmp_path / "run" / "dpo" / "MANIFEST.json").read_text())
     assert manifest["world_size"] == 2 and manifest["metrics"]["global_step"] == 2

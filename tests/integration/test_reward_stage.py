@@ -9,14 +9,9 @@ import pytest
 import torch
 
 from reward_models.learned import LearnedRewardModel
-from tests.helpers import accelerate_launch, run_cli, write_config
+from tests.helpers import accelerate_launch, logged_losses, run_cli, write_config
 
 pytestmark = pytest.mark.integration
-
-
-def _losses(artifact: Path) -> list[float]:
-    history = json.loads((artifact / "log_history.json").read_text())
-    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +110,8 @@ def test_reward_exact_resume(tmp_path: Path, sft_then_reward: tuple[Path, Path])
     assert killed.returncode == 137, killed.stderr[-3000:]
     resumed = run_cli("stage", "reward", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reference = _losses(base / "run" / "reward")
-    assert _losses(tmp_path / "run" / "reward") == pytest.approx(reference, abs=1e-5)
+    reference = logged_losses(base / "run" / "reward")
+    assert logged_losses(tmp_path / "run" / "reward") == pytest.approx(reference, abs=1e-5)
 
 
 def test_reward_under_zero2_two_processes(tmp_path: Path, sft_then_reward: tuple[Path, Path]) -> None:

@@ -9,15 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import run_cli, write_config
+from tests.helpers import logged_losses, run_cli, write_config
 from tests.wandb_offline import find_run_files, summarise
 
 pytestmark = pytest.mark.integration
-
-
-def _losses(artifact: Path) -> list[float]:
-    history = json.loads((artifact / "log_history.json").read_text())
-    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,7 @@ def test_smoke_publishes_a_complete_artifact(smoke_run: tuple[Path, str], tiny_m
     after = load_file(artifact / "model.safetensors")
     unchanged = [name for name, tensor in before.items() if torch.equal(tensor, after[name])]
     assert not unchanged, f"parameters that did not train: {unchanged}"
-    losses = _losses(artifact)
+    losses = logged_losses(artifact)
     assert len(losses) == 8
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
 
@@ -105,8 +100,8 @@ def test_exact_resume_after_kill_matches_uninterrupted(tmp_path: Path, smoke_run
     resumed = run_cli("stage", "sft", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
-    resumed_losses = _losses(tmp_path / "run" / "sft")
-    reference_losses = _losses(smoke_run[0] / "sft")
+    resumed_losses = logged_losses(tmp_path / "run" / "sft")
+    reference_losses = logged_losses(smoke_run[0] / "sft")
     assert len(resumed_losses) == len(reference_losses) == 8
     assert resumed_losses == pytest.approx(reference_losses, abs=1e-5)
 

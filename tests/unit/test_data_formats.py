@@ -254,8 +254,11 @@ def test_wrong_kind_for_a_format_fails_the_stage_clearly() -> None:
 def test_preference_with_prompt_repeated_inside_replies() -> None:
     from alignment.data.formats import convert_preference
 
-    record = {"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
-              "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go away."}]}
+    record = {
+        "prompt": "Hi?",
+        "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
+        "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go away."}],
+    }
     row = convert_preference(record, "preference")[0]
     assert row["chosen"] == [{"role": "assistant", "content": "Hello."}]
     assert row["rejected"] == [{"role": "assistant", "content": "Go away."}]

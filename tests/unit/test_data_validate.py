@@ -147,7 +147,9 @@ def test_split_and_hash_are_deterministic(tmp_path: Path) -> None:
 
 
 def test_split_keeps_rows_of_one_prompt_together() -> None:
-    rows = [{"prompt": [{"role": "user", "content": f"q{i // 3}"}], "n": i} for i in range(60)]  # 20 prompts x 3
+    rows = [
+        {"prompt": [{"role": "user", "content": f"q{i // 3}"}], "n": i} for i in range(60)
+    ]  # 20 prompts x 3
     train, held = split_train_eval(rows, 0.25, seed=0)
     train_prompts = {r["prompt"][0]["content"] for r in train}
     held_prompts = {r["prompt"][0]["content"] for r in held}

@@ -11,9 +11,12 @@ import torch
 
 def _sequence_logp(model, tokenizer, prompt: list[dict], reply: str) -> float:
     """Sum of log-probabilities of the reply tokens given the prompt, as the chat template renders them."""
-    prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False)
-    full_ids = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": reply}], tokenize=True,
-                                             return_dict=False)
+    prompt_ids = tokenizer.apply_chat_template(
+        prompt, tokenize=True, add_generation_prompt=True, return_dict=False
+    )
+    full_ids = tokenizer.apply_chat_template(
+        prompt + [{"role": "assistant", "content": reply}], tokenize=True, return_dict=False
+    )
     assert full_ids[: len(prompt_ids)] == prompt_ids
     ids = torch.tensor([full_ids])
     with torch.no_grad():
@@ -39,25 +42,46 @@ def test_dpo_eval_loss_matches_hand_computation(tiny_model_dir: Path, tmp_path: 
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
 
     pairs = [
-        {"prompt": [{"role": "user", "content": "What is 2 plus 2?"}], "chosen": [{"role": "assistant", "content": "4"}],
-         "rejected": [{"role": "assistant", "content": "5"}]},
-        {"prompt": [{"role": "user", "content": "Say hi in lowercase."}],
-         "chosen": [{"role": "assistant", "content": "hi there"}], "rejected": [{"role": "assistant", "content": "Hi There"}]},
+        {
+            "prompt": [{"role": "user", "content": "What is 2 plus 2?"}],
+            "chosen": [{"role": "assistant", "content": "4"}],
+            "rejected": [{"role": "assistant", "content": "5"}],
+        },
+        {
+            "prompt": [{"role": "user", "content": "Say hi in lowercase."}],
+            "chosen": [{"role": "assistant", "content": "hi there"}],
+            "rejected": [{"role": "assistant", "content": "Hi There"}],
+        },
     ]
     beta = 0.3
-    args = DPOConfig(output_dir=str(tmp_path / "out"), beta=beta, per_device_eval_batch_size=2, use_cpu=True, bf16=False,
-                     report_to=[], max_length=None)
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(pairs),
-                         eval_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "out"),
+        beta=beta,
+        per_device_eval_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        max_length=None,
+    )
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        eval_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+    )
     metrics = trainer.evaluate()
 
     losses, margins = [], []
     for pair in pairs:
         chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
         chosen_ratio = _sequence_logp(policy, tokenizer, pair["prompt"], chosen) - _sequence_logp(
-            reference, tokenizer, pair["prompt"], chosen)
+            reference, tokenizer, pair["prompt"], chosen
+        )
         rejected_ratio = _sequence_logp(policy, tokenizer, pair["prompt"], rejected) - _sequence_logp(
-            reference, tokenizer, pair["prompt"], rejected)
+            reference, tokenizer, pair["prompt"], rejected
+        )
         logits = beta * (chosen_ratio - rejected_ratio)
         losses.append(-math.log(1 / (1 + math.exp(-logits))))
         margins.append(beta * (chosen_ratio - rejected_ratio))
