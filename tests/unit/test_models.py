@@ -95,9 +95,8 @@ def test_full_and_freeze_need_no_peft() -> None:
     assert peft_config_for(TuningConfig(method="freeze")) is None
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA present the CPU error path does not apply")
 def test_qlora_without_cuda_is_a_clear_error(tiny_model_dir: Path) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: the CPU error path does not apply")
     cfg = ModelConfig(name_or_path="tiny-random-llama", tuning=TuningConfig(method="qlora"))
     with pytest.raises(ConfigError, match="qlora needs a CUDA GPU"):
         load_causal_lm(cfg)
