@@ -293,6 +293,70 @@ def checkpoint_callback(run: StageRun) -> Any:
     return CompleteCheckpoints()
 
 
+def execute(
+    pipeline: PipelineConfig,
+    stage: str,
+    build: Any,
+    finish: Any,
+    force: bool = False,
+    restart: bool = False,
+) -> Path:
+    """The lifecycle every trainer stage shares: skip if complete, W&B run, build, train (resuming), evaluate,
+    save, publish. `build(pipeline, run) -> (trainer, checkpoint or None)`; `finish(trainer, run, metrics)` saves
+    the weights into `run.staging` (on every rank) and returns (model_kind, extra JSON files)."""
+    run = StageRun(pipeline, stage, force=force, restart=restart)
+    if run.already_complete():
+        if run.is_main:
+            print(
+                f"[{stage}] complete artifact with the same config exists: {run.output_dir} (use --force to re-run)"
+            )
+        return run.output_dir
+    run.tracker.start(pipeline.resolved())
+    exit_code = 1
+    try:
+        trainer, resume_from = build(pipeline, run)
+        if resume_from:
+            logger.info("[%s] resuming from %s", stage, resume_from)
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        metrics: dict[str, Any] = {
+            "train_loss": result.training_loss,
+            "global_step": result.global_step,
+            **{k: v for k, v in result.metrics.items() if k != "total_flos"},
+        }
+        if trainer.eval_dataset is not None:
+            metrics.update(trainer.evaluate())
+        model_kind, extra_files = finish(trainer, run, metrics)
+        if run.is_main:
+            write_log_history(run.staging / "log_history.json", trainer.state.log_history)
+        path = run.publish(metrics, extra_files, model_kind)
+        report_done(run, path, metrics)
+        exit_code = 0
+        return path
+    finally:
+        run.tracker.finish(exit_code)
+
+
+def save_policy_weights(trainer: Any, run: StageRun, model_cfg: Any) -> str:
+    """Every rank saves (ZeRO-3 gathers shards); the main process then keeps the adapter or merges it as the
+    config asks. Returns what was published: `full`, `adapter` or `merged`."""
+    import peft
+
+    trainer.save_model(str(run.staging))
+    kind = "full"
+    if run.is_main:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if isinstance(model, peft.PeftModel):
+            kind = "adapter"
+            if model_cfg.tuning.merge_on_publish and model_cfg.tuning.method in ("lora", "ia3"):
+                merged = model.merge_and_unload()
+                for leftover in ("adapter_model.safetensors", "adapter_config.json"):
+                    (run.staging / leftover).unlink(missing_ok=True)
+                merged.save_pretrained(run.staging, safe_serialization=True)
+                kind = "merged"
+    run.state.wait_for_everyone()
+    return kind
+
+
 def write_log_history(path: Path, log_history: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps(log_history, indent=1) + "\n")
 

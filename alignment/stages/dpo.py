@@ -27,11 +27,11 @@ from alignment.models import apply_freeze, count_parameters, load_causal_lm, loa
 from alignment.stages.common import (
     StageRun,
     checkpoint_callback,
+    execute,
     parse_args,
-    report_done,
     resolve_init_model,
+    save_policy_weights,
     setup_logging,
-    write_log_history,
 )
 from alignment.stages.reward import token_length_fn
 
@@ -97,41 +97,12 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     return trainer, resume_from
 
 
-def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) -> Path:
-    run = StageRun(pipeline, STAGE, force=force, restart=restart)
-    if run.already_complete():
-        if run.is_main:
-            print(
-                f"[dpo] complete artifact with the same config exists: {run.output_dir} (use --force to re-run)"
-            )
-        return run.output_dir
-    run.tracker.start(pipeline.resolved())
-    exit_code = 1
-    try:
-        trainer, resume_from = build(pipeline, run)
-        if resume_from:
-            logger.info("[dpo] resuming from %s", resume_from)
-        result = trainer.train(resume_from_checkpoint=resume_from)
-        metrics: dict[str, Any] = {
-            "train_loss": result.training_loss,
-            "global_step": result.global_step,
-            **{k: v for k, v in result.metrics.items() if k != "total_flos"},
-        }
-        if trainer.eval_dataset is not None:
-            metrics.update(trainer.evaluate())
-        trainer.save_model(str(run.staging))
-        model_kind = "full"
-        if run.is_main:
-            from alignment.stages.sft import _finish_weights
+def _finish(trainer: Any, run: StageRun, metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return save_policy_weights(trainer, run, run.model_cfg), {}  # type: ignore[attr-defined]
 
-            model_kind = _finish_weights(trainer, run.staging, run.model_cfg)  # type: ignore[attr-defined]
-            write_log_history(run.staging / "log_history.json", trainer.state.log_history)
-        path = run.publish(metrics, model_kind=model_kind)
-        report_done(run, path, metrics)
-        exit_code = 0
-        return path
-    finally:
-        run.tracker.finish(exit_code)
+
+def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) -> Path:
+    return execute(pipeline, STAGE, build, _finish, force, restart)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,11 +35,10 @@ from alignment.models import (
 from alignment.stages.common import (
     StageRun,
     checkpoint_callback,
+    execute,
     parse_args,
-    report_done,
     resolve_init_model,
     setup_logging,
-    write_log_history,
 )
 
 logger = logging.getLogger("alignment.reward")
@@ -64,7 +63,7 @@ def token_length_fn(tokenizer: Any):
     return token_length
 
 
-def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None, Any]:
+def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardTrainer
@@ -127,7 +126,8 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None, Any
         total,
         model_cfg.tuning.method,
     )
-    return trainer, resume_from, init_path
+    run.init_path = init_path  # type: ignore[attr-defined]
+    return trainer, resume_from
 
 
 def _zero3() -> bool:
@@ -171,43 +171,21 @@ def _diagnose_in_fresh_process(run: StageRun, args: Any, init_path: str) -> None
     print(result.stdout, end="", flush=True)
 
 
+def _finish(trainer: Any, run: StageRun, metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    _save_merged(trainer, run)
+    if run.is_main:
+        _diagnose_in_fresh_process(run, trainer.args, run.init_path)  # type: ignore[attr-defined]
+        diagnostics = json.loads((run.staging / "diagnostics.json").read_text())
+        metrics["heldout_accuracy"] = diagnostics["accuracy"]
+        metrics["heldout_accuracy_ci95_low"] = diagnostics["accuracy_ci95"][0]
+        metrics["heldout_accuracy_ci95_high"] = diagnostics["accuracy_ci95"][1]
+        metrics["heldout_pairs"] = diagnostics["n_pairs"]
+        metrics["length_spearman"] = diagnostics["length_spearman"]
+    return "full", {}
+
+
 def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) -> Path:
-    run = StageRun(pipeline, STAGE, force=force, restart=restart)
-    if run.already_complete():
-        if run.is_main:
-            print(
-                f"[reward] complete artifact with the same config exists: {run.output_dir} (use --force to re-run)"
-            )
-        return run.output_dir
-    run.tracker.start(pipeline.resolved())
-    exit_code = 1
-    try:
-        trainer, resume_from, init_path = build(pipeline, run)
-        if resume_from:
-            logger.info("[reward] resuming from %s", resume_from)
-        result = trainer.train(resume_from_checkpoint=resume_from)
-        metrics: dict[str, Any] = {
-            "train_loss": result.training_loss,
-            "global_step": result.global_step,
-            **{k: v for k, v in result.metrics.items() if k != "total_flos"},
-        }
-        metrics.update(trainer.evaluate())
-        _save_merged(trainer, run)
-        if run.is_main:
-            write_log_history(run.staging / "log_history.json", trainer.state.log_history)
-            _diagnose_in_fresh_process(run, trainer.args, init_path)
-            diagnostics = json.loads((run.staging / "diagnostics.json").read_text())
-            metrics["heldout_accuracy"] = diagnostics["accuracy"]
-            metrics["heldout_accuracy_ci95_low"] = diagnostics["accuracy_ci95"][0]
-            metrics["heldout_accuracy_ci95_high"] = diagnostics["accuracy_ci95"][1]
-            metrics["heldout_pairs"] = diagnostics["n_pairs"]
-            metrics["length_spearman"] = diagnostics["length_spearman"]
-        path = run.publish(metrics, model_kind="full")
-        report_done(run, path, metrics)
-        exit_code = 0
-        return path
-    finally:
-        run.tracker.finish(exit_code)
+    return execute(pipeline, STAGE, build, _finish, force, restart)
 
 
 def _save_merged(trainer: Any, run: StageRun) -> None:

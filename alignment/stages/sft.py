@@ -35,10 +35,10 @@ from alignment.models import (
 from alignment.stages.common import (
     StageRun,
     checkpoint_callback,
+    execute,
     parse_args,
-    report_done,
+    save_policy_weights,
     setup_logging,
-    write_log_history,
 )
 
 logger = logging.getLogger("alignment.sft")
@@ -112,58 +112,15 @@ def _zero3(args: Any) -> bool:
     return bool(is_deepspeed_zero3_enabled())
 
 
+def _finish(trainer: Any, run: StageRun, metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    model_cfg = trainer.args.model or run.pipeline.model
+    kind = save_policy_weights(trainer, run, model_cfg)
+    return kind, {"model_source.json": {"model": run.model_path}}  # type: ignore[attr-defined]
+
+
 def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) -> Path:
     """Run the stage; returns the published artifact directory."""
-    run = StageRun(pipeline, STAGE, force=force, restart=restart)
-    if run.already_complete():
-        if run.is_main:
-            print(
-                f"[sft] complete artifact with the same config exists: {run.output_dir} (use --force to re-run)"
-            )
-        return run.output_dir
-    run.tracker.start(pipeline.resolved())
-    exit_code = 1
-    try:
-        trainer, resume_from = build(pipeline, run)
-        if resume_from:
-            logger.info("[sft] resuming from %s", resume_from)
-        result = trainer.train(resume_from_checkpoint=resume_from)
-        metrics: dict[str, Any] = {
-            "train_loss": result.training_loss,
-            "global_step": result.global_step,
-            **{k: v for k, v in result.metrics.items() if k != "total_flos"},
-        }
-        if trainer.eval_dataset is not None:
-            metrics.update(trainer.evaluate())
-        model_cfg = trainer.args.model or pipeline.model
-        trainer.save_model(str(run.staging))  # every rank: gathers ZeRO-3 shards
-        model_kind = "full"
-        if run.is_main:
-            model_kind = _finish_weights(trainer, run.staging, model_cfg)
-            write_log_history(run.staging / "log_history.json", trainer.state.log_history)
-        run.inputs = {}
-        path = run.publish(metrics, {"model_source.json": {"model": run.model_path}}, model_kind)  # type: ignore[attr-defined]
-        report_done(run, path, metrics)
-        exit_code = 0
-        return path
-    finally:
-        run.tracker.finish(exit_code)
-
-
-def _finish_weights(trainer: Any, staging: Path, model_cfg: Any) -> str:
-    """Adapter runs publish the adapter (default) or merged weights; full runs are saved as they are."""
-    import peft
-
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if not isinstance(model, peft.PeftModel):
-        return "full"
-    if model_cfg.tuning.merge_on_publish and model_cfg.tuning.method in ("lora", "ia3"):
-        merged = model.merge_and_unload()
-        for leftover in ("adapter_model.safetensors", "adapter_config.json"):
-            (staging / leftover).unlink(missing_ok=True)
-        merged.save_pretrained(staging, safe_serialization=True)
-        return "merged"
-    return "adapter"
+    return execute(pipeline, STAGE, build, _finish, force, restart)
 
 
 def main(argv: list[str] | None = None) -> int:
