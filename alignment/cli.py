@@ -25,6 +25,7 @@ STAGE_MODULES = {
     "sft": "alignment.stages.sft",
     "reward": "alignment.stages.reward",
     "dpo": "alignment.stages.dpo",
+    "ppo": "alignment.stages.ppo",
 }
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl import DPOConfig, RewardConfig, SFTConfig
+from transformers import TrainingArguments
+from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
 from alignment.config import ModelConfig, StageArgsMixin
 from alignment.data import DataConfig
@@ -60,4 +61,94 @@ class DPOStageConfig(StageArgsMixin, DPOConfig):
     With LoRA the reference is the policy with its adapter disabled (no second copy in memory)."""
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": SFTStageConfig, "reward": RewardStageConfig, "dpo": DPOStageConfig}
+@dataclass
+class PPOStageConfig(StageArgsMixin, TrainingArguments):
+    """PPO stage (the project's own trainer, alignment.rl.ppo_trainer): transformers' TrainingArguments for the
+    optimiser, schedule, logging and checkpoints, plus the RLHF-PPO knobs.
+
+    One *iteration* = generate for `rollout_batch_size` prompts per process, score, then `ppo_epochs` passes over
+    them in shuffled mini-batches of `per_device_train_batch_size x gradient_accumulation_steps`. `max_steps`
+    counts iterations (the x-axis in W&B); `save_steps` and `logging_steps` too.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts (any prompt source: rows' `prompt`; `gold` specs are kept for rule rewards)."""
+    eval_data: DataConfig | None = None
+    model: ModelConfig | None = None
+    """Per-stage model override (tuning method); the weights come from `init_from`."""
+    init_from: str = "sft"
+    """`sft`: this pipeline's SFT artifact (also the frozen reference); `model`: the `model` section; or a path."""
+    reward_model: str = "reward"
+    """A reward_models spec: `reward` (this pipeline's RM artifact), an RM path, `rule:tasks`, `rule:gsm8k`, or
+    `mix:0.5*reward+0.5*rule:tasks`."""
+    value_model: str = "auto"
+    """Critic initialisation: `auto` (the RM artifact when the reward is a single learned RM, else the policy's
+    init model with a fresh value head), `reward`, `policy`, or a sequence-classification model path."""
+    critic_trainable_last_n_blocks: int | None = None
+    """Train only the critic's last N blocks (+ value head); None trains it whole."""
+    min_rm_accuracy: float = 0.6
+    """Refuse to optimise against a learned RM whose held-out accuracy (diagnostics.json) is lower."""
+    force: bool = False
+    """Optimise even against an RM below `min_rm_accuracy` or without diagnostics."""
+    rollout_batch_size: int = 16
+    """Prompts per process per iteration."""
+    ppo_epochs: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    """Sampling temperature; log-probs are recomputed from logits divided by it (N+ details #23)."""
+    kl_coef: float = 0.05
+    """Initial coefficient of the per-token KL penalty to the reference."""
+    adaptive_kl: bool = False
+    """Ziegler et al.'s controller: move kl_coef so that the KL per sequence approaches `target_kl`."""
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float | None = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards before GAE (off by default: it shifts the KL penalty too)."""
+    missing_eos_penalty: float | None = 1.0
+    """Subtracted from the score of responses that never emit EOS; null keeps them unpenalised."""
+    reward_batch_size: int = 16
+    sample_table_every: int = 10
+    """Log a W&B table of prompts, completions and rewards every N iterations (0: never)."""
+
+
+@dataclass
+class GRPOStageConfig(StageArgsMixin, GRPOConfig):
+    """GRPO stage: TRL's GRPOConfig; rewards from reward_models specs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    eval_data: DataConfig | None = None
+    model: ModelConfig | None = None
+    init_from: str = "sft"
+    reward_model: str = "reward"
+    """A reward_models spec, as for PPO (`reward`, a path, `rule:tasks`, `mix:...`)."""
+    min_rm_accuracy: float = 0.6
+    force: bool = False
+
+
+@dataclass
+class RLOOStageConfig(StageArgsMixin, RLOOConfig):
+    """RLOO stage: TRL's RLOOConfig; rewards from reward_models specs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    eval_data: DataConfig | None = None
+    model: ModelConfig | None = None
+    init_from: str = "sft"
+    reward_model: str = "reward"
+    min_rm_accuracy: float = 0.6
+    force: bool = False
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "sft": SFTStageConfig,
+    "reward": RewardStageConfig,
+    "dpo": DPOStageConfig,
+    "ppo": PPOStageConfig,
+    "grpo": GRPOStageConfig,
+    "rloo": RLOOStageConfig,
+}

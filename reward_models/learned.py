@@ -46,7 +46,10 @@ class LearnedRewardModel:
         dtype: torch.dtype | None = None,
         model: Any = None,
         tokenizer: Any = None,
+        prepare: Any = None,
     ) -> None:
+        """`prepare(model)`, when given, wraps the loaded model (e.g. a DeepSpeed ZeRO-3 inference engine whose
+        weights are sharded across processes) and owns its device placement."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.path = Path(path)
@@ -64,7 +67,7 @@ class LearnedRewardModel:
             model = AutoModelForSequenceClassification.from_pretrained(
                 self.path, use_safetensors=True, dtype=dtype or torch.float32
             )
-        self.model = model.to(self.device).eval()
+        self.model = prepare(model) if prepare is not None else model.to(self.device).eval()
         if self.model.config.num_labels != 1:
             raise ValueError(
                 f"{self.path}: a reward model has num_labels=1, this one {self.model.config.num_labels}"

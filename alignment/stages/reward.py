@@ -113,7 +113,9 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         model=model,
         args=args,
         train_dataset=Dataset.from_list(_columns(train_rows, args.use_margin)),
-        eval_dataset=Dataset.from_list(_columns(eval_rows, False)),
+        # The held-out pairs are scored once, by the diagnostics after training; the trainer evaluates them
+        # too only when the config asks for evaluation during training.
+        eval_dataset=Dataset.from_list(_columns(eval_rows, False)) if args.eval_strategy != "no" else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[checkpoint_callback(run)],

@@ -1,0 +1,695 @@
+"""The project's actor-critic PPO for language models (TRL removed its PPOTrainer in 1.13).
+
+One iteration:
+    1. rollout   the policy samples a completion per prompt (weights gathered once under ZeRO-3, never
+                 token-by-token over shards); log-probs, reference log-probs and values are recomputed in one
+                 forward each, from logits divided by the sampling temperature;
+    2. score     the reward (any `reward_models` spec: a learned RM with its own tokenizer, a rule, a mix) scores
+                 the decoded text; responses that never emit EOS are penalised;
+    3. advantage per-token reward = -kl_coef * KL(pi || ref) + score at the last token; GAE(gamma, lambda);
+                 advantages whitened over the global batch (all processes);
+    4. update    `ppo_epochs` passes over the rollouts in shuffled mini-batches: clipped policy ratio, clipped
+                 value loss, one optimiser over policy and critic (one DeepSpeed engine).
+The KL coefficient is fixed or follows Ziegler et al.'s adaptive controller. The arithmetic lives in
+`alignment.rl.ppo_math` (pure functions, unit-tested).
+
+This is a plain Accelerate loop rather than a `transformers.Trainer` subclass: PPO's rollout -> several epochs
+-> next rollout cycle does not map onto Trainer's one-batch-one-step loop without hiding the algorithm. It keeps
+the surface the stage lifecycle needs (`train`, `save_model`, `state.log_history`), and its checkpoints hold
+everything an exact resume needs: weights, optimiser, KL-controller state, iteration (the data position and the
+sampling seeds are functions of the iteration).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignment import artifacts
+from alignment.rl import ppo_math as pm
+
+logger = logging.getLogger("alignment.ppo")
+
+FAULT_ENV = "ALIGNMENT_FAULT_AFTER_CHECKPOINT"
+STATE_FILE = "ppo_state.json"
+
+
+class PolicyAndValue(nn.Module):
+    """Policy (causal LM, possibly a PEFT model) and critic (sequence-classification model used per token) in
+    one module, so that one optimiser and one DeepSpeed engine hold both."""
+
+    def __init__(self, policy: nn.Module, critic: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+
+    # Generation helpers (TRL's unwrap_model_for_generation) switch activation checkpointing off and on again.
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.policy, "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        for model in (self.policy, self.critic):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        for model in (self.policy, self.critic):
+            model.gradient_checkpointing_disable()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        with_values: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
+        if not with_values:
+            return logits, None
+        backbone = getattr(self.critic, self.critic.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        values = self.critic.score(hidden).squeeze(-1)
+        return logits, values
+
+
+@dataclass
+class Rollout:
+    """One iteration's samples on this process; tensors (B, ...) on the accelerator's device."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    query_length: int
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    raw_scores: torch.Tensor | None
+    ended: torch.Tensor
+    prompts: list[Any]
+    completions: list[str]
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerState:
+    iteration: int = 0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    training_loss: float
+    metrics: dict[str, Any]
+
+
+def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generate() uses them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def gather_response_logprobs(
+    logits: torch.Tensor, response: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """log pi(token) of each response token from the logits that predicted it, at the sampling temperature."""
+    from trl.trainer.utils import selective_log_softmax
+
+    return selective_log_softmax(logits.float(), response, temperature=temperature)
+
+
+class PPOTrainer:
+    """Actor-critic PPO over Accelerate (DDP or DeepSpeed ZeRO-2/3); see the module docstring."""
+
+    def __init__(
+        self,
+        args: Any,
+        policy: nn.Module,
+        critic: nn.Module,
+        ref_policy: nn.Module | None,
+        reward_factory: Callable[[Callable[[nn.Module], Any] | None], Any],
+        tokenizer: Any,
+        prompts: Sequence[dict[str, Any]],
+        log_fn: Callable[[dict[str, Any], int], None] | None = None,
+        table_fn: Callable[[list[dict[str, Any]], int], None] | None = None,
+    ) -> None:
+        """`ref_policy`: a frozen copy of the initial policy, or None when the policy is a PEFT model (the
+        reference is then the policy with its adapter disabled). `reward_factory(prepare)` builds the reward;
+        `prepare` (None unless ZeRO-3) shards a frozen model the reward loads, as the reference is sharded."""
+        from accelerate import Accelerator
+        from accelerate.utils import GradientAccumulationPlugin
+        from trl.trainer.utils import disable_dropout_in_model
+
+        self.args = args
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.log_fn = log_fn
+        self.table_fn = table_fn
+        self.eval_dataset = None
+        self.state = TrainerState()
+        if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError("ppo: the policy tokenizer needs a pad token and an EOS token")
+
+        self.accelerator = Accelerator(
+            cpu=args.use_cpu,
+            mixed_precision="bf16" if args.bf16 else "no",
+            deepspeed_plugin=args.deepspeed_plugin,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False
+            ),
+        )
+        self.deepspeed = self.accelerator.state.deepspeed_plugin is not None
+        self.zero3 = self.deepspeed and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        if self.deepspeed:
+            from transformers.integrations.deepspeed import propagate_args_to_deepspeed
+
+            propagate_args_to_deepspeed(self.accelerator, args)
+        self.plan = pm.plan_batches(
+            args.rollout_batch_size,
+            args.per_device_train_batch_size,
+            args.gradient_accumulation_steps,
+            self.accelerator.num_processes,
+        )
+        if len(self.prompts) < self.plan.global_rollout_batch_size:
+            raise ValueError(
+                f"ppo: {len(self.prompts)} prompts but one iteration needs {self.plan.global_rollout_batch_size} "
+                f"(ppo.rollout_batch_size={args.rollout_batch_size} x {self.accelerator.num_processes} processes)"
+            )
+        self.total_iterations = self._total_iterations()
+        updates = self.total_iterations * args.ppo_epochs * self.plan.mini_batches_per_epoch
+
+        for module in (policy, critic, ref_policy):
+            if module is not None:
+                disable_dropout_in_model(module)  # N+ details: dropout off, or log-probs are not reproducible
+        model = PolicyAndValue(policy, critic)
+        if args.activation_checkpointing:
+            model.gradient_checkpointing_enable()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            trainable,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.weight_decay,
+        )
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=args.get_warmup_steps(updates),
+            num_training_steps=updates,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.ref_policy = self.prepare_frozen(ref_policy) if ref_policy is not None else None
+        self.reward = reward_factory(self.prepare_frozen if self.zero3 else None)
+        self.kl_controller: pm.FixedKLController | pm.AdaptiveKLController = (
+            pm.AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
+            if args.adaptive_kl
+            else pm.FixedKLController(args.kl_coef)
+        )
+        self.generation_config = self._generation_config()
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+    def _total_iterations(self) -> int:
+        if self.args.max_steps and self.args.max_steps > 0:
+            return int(self.args.max_steps)
+        per_epoch = len(self.prompts) // self.plan.global_rollout_batch_size
+        return max(1, int(per_epoch * self.args.num_train_epochs))
+
+    def _generation_config(self) -> Any:
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            max_new_tokens=self.args.max_new_tokens,
+            do_sample=True,
+            temperature=self.args.temperature,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+
+    def prepare_frozen(self, module: nn.Module) -> Any:
+        """A frozen model beside the trained one: its own DeepSpeed engine under ZeRO-3 (sharded, as TRL does
+        for references), else moved to this process's device."""
+        module.requires_grad_(False)
+        module.eval()
+        if self.zero3:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(module, self.accelerator)
+        return module.to(self.accelerator.device)
+
+    @property
+    def unwrapped(self) -> PolicyAndValue:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return tensor
+        return self.accelerator.reduce(tensor.contiguous(), reduction="sum")
+
+    def _global_mean(self, tensor: torch.Tensor) -> float:
+        stats = self._all_reduce(torch.stack([tensor.float().sum(), torch.tensor(float(tensor.numel()))]))
+        return float(stats[0] / stats[1].clamp_min(1.0))
+
+    def _prompt_rows(self, iteration: int) -> list[dict[str, Any]]:
+        """This process's prompts for an iteration: a fixed permutation per pass over the data, so that the data
+        position is a function of the iteration (exact resume needs no sampler state)."""
+        global_batch = self.plan.global_rollout_batch_size
+        per_pass = len(self.prompts) // global_batch
+        data_pass, offset = divmod(iteration, per_pass)
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + data_pass)
+        order = torch.randperm(len(self.prompts), generator=generator).tolist()
+        start = offset * global_batch + self.accelerator.process_index * self.plan.rollout_batch_size
+        return [self.prompts[i] for i in order[start : start + self.plan.rollout_batch_size]]
+
+    def _seed(self, iteration: int, salt: int = 0) -> int:
+        return (self.args.seed * 7919 + iteration) * 1009 + self.accelerator.process_index * 31 + salt
+
+    # ------------------------------------------------------------------------------------------------- rollout
+    def _forward_in_chunks(
+        self,
+        forward: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+        batch: dict[str, torch.Tensor],
+        query_length: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Response log-probs (and values when `forward` gives them) in micro-batches."""
+        logprobs, values = [], []
+        size = self.args.per_device_train_batch_size
+        response = batch["input_ids"][:, query_length:]
+        for start in range(0, response.shape[0], size):
+            part = slice(start, start + size)
+            logits, value = forward(
+                batch["input_ids"][part], batch["attention_mask"][part], batch["position_ids"][part]
+            )
+            logprobs.append(
+                gather_response_logprobs(
+                    logits[:, query_length - 1 : -1], response[part], self.args.temperature
+                )
+            )
+            if value is not None:
+                values.append(value[:, query_length - 1 : -1].float())
+        return torch.cat(logprobs), (torch.cat(values) if values else None)
+
+    def _policy_and_values(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model(*inputs, with_values=True)
+
+    def _policy_only(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model(*inputs, with_values=False)
+
+    def _reference(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, None]:
+        input_ids, attention_mask, position_ids = inputs
+        assert self.ref_policy is not None
+        output = self.ref_policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        return output.logits, None
+
+    def _reference_logprobs(self, batch: dict[str, torch.Tensor], query_length: int) -> torch.Tensor:
+        if self.ref_policy is not None:
+            return self._forward_in_chunks(self._reference, batch, query_length)[0]
+        with (
+            self.unwrapped.policy.disable_adapter()
+        ):  # LoRA: the SFT policy is the policy without its adapter
+            return self._forward_in_chunks(self._policy_only, batch, query_length)[0]
+
+    @torch.no_grad()
+    def rollout(self, rows: Sequence[dict[str, Any]], iteration: int) -> Rollout:
+        from trl.models.utils import unwrap_model_for_generation
+
+        device = self.accelerator.device
+        tok = self.tokenizer
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        prompts = [row["prompt"] for row in rows]
+        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        tok.padding_side = "left"
+        query = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        query_length = query["input_ids"].shape[1]
+
+        self.model.eval()
+        torch.manual_seed(self._seed(iteration))
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+            sequences = unwrapped.policy.generate(
+                input_ids=query["input_ids"],
+                attention_mask=query["attention_mask"],
+                generation_config=self.generation_config,
+            )
+        response = sequences[:, query_length:]
+        if response.shape[1] < self.args.max_new_tokens:
+            pad = torch.full(
+                (response.shape[0], self.args.max_new_tokens - response.shape[1]),
+                tok.pad_token_id,
+                dtype=response.dtype,
+                device=device,
+            )
+            response = torch.cat([response, pad], dim=1)
+        mask, ended = pm.response_mask(response, tok.eos_token_id)
+        response = torch.where(mask.bool(), response, torch.full_like(response, tok.pad_token_id))
+        attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
+        batch = {
+            "input_ids": torch.cat([query["input_ids"], response], dim=1),
+            "attention_mask": attention_mask,
+            "position_ids": position_ids_from(attention_mask),
+        }
+        timings["generation"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        logprobs, values = self._forward_in_chunks(self._policy_and_values, batch, query_length)
+        ref_logprobs = self._reference_logprobs(batch, query_length)
+        assert values is not None
+        timings["forward"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        without_eos = torch.where(response == tok.eos_token_id, tok.pad_token_id, response)
+        completions = [text.strip() for text in tok.batch_decode(without_eos, skip_special_tokens=True)]
+        golds = [row.get("gold") for row in rows]
+        raw_scores = None
+        if hasattr(self.reward, "raw_score") and getattr(self.reward, "normalization", None) is not None:
+            raw_scores = self.reward.raw_score(prompts, completions).to(device)
+            norm = self.reward.normalization
+            scores = (raw_scores - norm["mean"]) / norm["std"]
+        else:
+            scores = self.reward.score(prompts, completions, golds).to(device)
+        scores = pm.apply_missing_eos_penalty(scores.float(), ended, self.args.missing_eos_penalty)
+        timings["scoring"] = time.perf_counter() - started
+        return Rollout(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            query_length=query_length,
+            mask=mask,
+            logprobs=logprobs * mask,
+            ref_logprobs=ref_logprobs * mask,
+            values=values * mask,
+            scores=scores,
+            raw_scores=raw_scores,
+            ended=ended,
+            prompts=prompts,
+            completions=completions,
+            timings=timings,
+        )
+
+    # ---------------------------------------------------------------------------------------------- advantage
+    def compute_advantages(self, rollout: Rollout) -> dict[str, float]:
+        args = self.args
+        kl = pm.kl_per_token(rollout.logprobs, rollout.ref_logprobs, args.kl_estimator) * rollout.mask
+        rewards, non_score = pm.token_rewards(rollout.scores, kl, self.kl_controller.value, rollout.mask)
+        if args.whiten_rewards:
+            rewards = pm.masked_whiten(rewards, rollout.mask, shift_mean=False, all_reduce=self._all_reduce)
+        advantages, returns = pm.gae(rewards, rollout.values, rollout.mask, args.gamma, args.lam)
+        rollout.advantages = pm.masked_whiten(advantages, rollout.mask, all_reduce=self._all_reduce)
+        rollout.returns = returns
+        sequence_kl = kl.sum(1)
+        stats = {
+            "objective/kl": self._global_mean(sequence_kl),
+            "objective/kl_coef": self.kl_controller.value,
+            "objective/non_score_reward": self._global_mean(non_score.sum(1)),
+            "objective/rlhf_reward": self._global_mean(rollout.scores + non_score.sum(1)),
+            "reward/score": self._global_mean(rollout.scores),
+            "value/explained_variance": pm.explained_variance(rollout.values, returns, rollout.mask),
+            "response/length": self._global_mean(rollout.mask.sum(1)),
+            "response/eos_rate": self._global_mean(rollout.ended.float()),
+        }
+        if rollout.raw_scores is not None:
+            stats["reward/raw"] = self._global_mean(rollout.raw_scores)
+        return stats
+
+    # ------------------------------------------------------------------------------------------------- update
+    def update(self, rollout: Rollout, iteration: int) -> dict[str, float]:
+        args, plan = self.args, self.plan
+        assert rollout.advantages is not None and rollout.returns is not None
+        q = rollout.query_length
+        response = rollout.input_ids[:, q:]
+        self.model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        for epoch in range(args.ppo_epochs):
+            generator = torch.Generator().manual_seed(self._seed(iteration, salt=epoch + 1))
+            order = torch.randperm(plan.rollout_batch_size, generator=generator)
+            for start in range(0, plan.rollout_batch_size, plan.micro_batch_size):
+                index = order[start : start + plan.micro_batch_size].to(rollout.input_ids.device)
+                mask = rollout.mask[index]
+                with self.accelerator.accumulate(self.model):
+                    logits, values = self.model(
+                        rollout.input_ids[index], rollout.attention_mask[index], rollout.position_ids[index]
+                    )
+                    logits = logits[:, q - 1 : -1]
+                    logprobs = gather_response_logprobs(logits, response[index], args.temperature)
+                    values = values[:, q - 1 : -1].float()
+                    pg = pm.policy_loss(
+                        logprobs, rollout.logprobs[index], rollout.advantages[index], mask, args.cliprange
+                    )
+                    vf_loss, vf_clipfrac = pm.value_loss(
+                        values, rollout.values[index], rollout.returns[index], mask, args.cliprange_value
+                    )
+                    loss = pg.loss + args.vf_coef * vf_loss
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients and args.max_grad_norm and not self.deepspeed:
+                        self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                if self.accelerator.sync_gradients:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # DeepSpeed steps the optimiser inside backward()
+                        self.scheduler.step()
+                with torch.no_grad():
+                    entropy = pm.masked_mean(pm.entropy_from_logits(logits / args.temperature), mask)
+                for key, value in (
+                    ("loss/policy", pg.loss),
+                    ("loss/value", vf_loss),
+                    ("loss/total", loss),
+                    ("policy/clipfrac", pg.clipfrac),
+                    ("policy/approx_kl", pg.approx_kl),
+                    ("policy/ratio", pg.ratio),
+                    ("policy/entropy", entropy),
+                    ("value/clipfrac", vf_clipfrac),
+                ):
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+                count += 1
+        local = torch.tensor([sums[k] / count for k in sorted(sums)], device=rollout.input_ids.device)
+        averaged = self._all_reduce(local) / self.accelerator.num_processes
+        return dict(zip(sorted(sums), averaged.tolist(), strict=True))
+
+    # ------------------------------------------------------------------------------------------------- train
+    def train(self, resume_from_checkpoint: str | None = None) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        args = self.args
+        if resume_from_checkpoint:
+            self._load_checkpoint(Path(resume_from_checkpoint))
+        start_iteration = self.state.iteration
+        progress = tqdm(
+            total=self.total_iterations,
+            initial=start_iteration,
+            desc="ppo",
+            disable=not self.accelerator.is_main_process,
+            dynamic_ncols=True,
+        )
+        samples_table: list[dict[str, Any]] = []
+        for iteration in range(start_iteration, self.total_iterations):
+            started = time.perf_counter()
+            rollout = self.rollout(self._prompt_rows(iteration), iteration)
+            stats = self.compute_advantages(rollout)
+            train_started = time.perf_counter()
+            stats.update(self.update(rollout, iteration))
+            self.kl_controller.update(stats["objective/kl"], self.plan.global_rollout_batch_size)
+            elapsed = time.perf_counter() - started
+            tokens = self._all_reduce(rollout.mask.sum().reshape(1))[0].item()
+            stats.update(
+                {
+                    "time/generation_s": rollout.timings["generation"],
+                    "time/forward_s": rollout.timings["forward"],
+                    "time/scoring_s": rollout.timings["scoring"],
+                    "time/training_s": time.perf_counter() - train_started,
+                    "time/iteration_s": elapsed,
+                    "throughput/samples_per_s": self.plan.global_rollout_batch_size / elapsed,
+                    "throughput/response_tokens_per_s": tokens / elapsed,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "loss": stats["loss/total"],
+                    "step": iteration + 1,
+                }
+            )
+            self.state.iteration = iteration + 1
+            self.state.log_history.append(stats)
+            if self.accelerator.is_main_process:
+                if args.logging_steps and (iteration + 1) % max(1, int(args.logging_steps)) == 0:
+                    shown = {k: round(v, 4) for k, v in stats.items() if k in _SHOWN}
+                    progress.write(f"[ppo] iteration {iteration + 1}: {json.dumps(shown)}")
+                if self.log_fn is not None:
+                    self.log_fn(stats, iteration + 1)
+                every = args.sample_table_every
+                if self.table_fn is not None and every and ((iteration + 1) % every == 0 or iteration == 0):
+                    samples_table.extend(_samples(rollout, iteration + 1, limit=4))
+                    self.table_fn(samples_table, iteration + 1)
+            progress.update(1)
+            if (
+                args.save_steps
+                and (iteration + 1) % int(args.save_steps) == 0
+                and iteration + 1 < self.total_iterations
+            ):
+                self._save_checkpoint(iteration + 1)
+        progress.close()
+        losses = [entry["loss"] for entry in self.state.log_history]
+        last = self.state.log_history[-1] if self.state.log_history else {}
+        metrics = {
+            key: last[key]
+            for key in (
+                "reward/score",
+                "objective/kl",
+                "objective/kl_coef",
+                "response/length",
+                "response/eos_rate",
+            )
+            if key in last
+        }
+        return TrainResult(self.state.iteration, sum(losses) / max(1, len(losses)), metrics)
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, iteration: int) -> None:
+        """All ranks write their part; the main process writes the state and, after everyone, COMPLETE."""
+        from safetensors.torch import save_file
+
+        checkpoint = Path(self.args.output_dir) / f"checkpoint-{iteration}"
+        if self.accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        if self.deepspeed:
+            self.model.save_checkpoint(str(checkpoint), tag="engine")
+        elif self.accelerator.is_main_process:
+            trainable = {
+                n: p.detach().cpu().contiguous()
+                for n, p in self.unwrapped.named_parameters()
+                if p.requires_grad
+            }
+            save_file(trainable, str(checkpoint / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), checkpoint / "optimizer.pt")
+        if self.accelerator.is_main_process:
+            state = {
+                "iteration": iteration,
+                "kl_controller": self.kl_controller.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "log_history": self.state.log_history,
+                "world_size": self.accelerator.num_processes,
+            }
+            artifacts.write_json_atomic(checkpoint / STATE_FILE, state)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            artifacts.mark_checkpoint_complete(checkpoint)
+            self._rotate_checkpoints(checkpoint)
+        self.accelerator.wait_for_everyone()
+        fault = int(os.environ.get(FAULT_ENV, "0") or 0)
+        if fault and iteration == fault:
+            logger.warning("%s=%d: exiting as if killed", FAULT_ENV, fault)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(137)
+
+    def _rotate_checkpoints(self, keep: Path) -> None:
+        limit = self.args.save_total_limit or 2
+        complete = sorted(
+            (p for p in keep.parent.glob("checkpoint-*") if (p / artifacts.CHECKPOINT_MARKER).is_file()),
+            key=lambda p: int(p.name.split("-", 1)[1]),
+        )
+        for old in complete[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self, checkpoint: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        if state["world_size"] != self.accelerator.num_processes:
+            raise ValueError(
+                f"{checkpoint} was written by {state['world_size']} processes, this run has "
+                f"{self.accelerator.num_processes}; resume with the same number (the data position and sampling "
+                "seeds depend on it), or pass --restart"
+            )
+        if self.deepspeed:
+            self.model.load_checkpoint(str(checkpoint), tag="engine", load_lr_scheduler_states=False)
+        else:
+            tensors = load_file(str(checkpoint / "trainable.safetensors"))
+            missing = [
+                n for n, p in self.unwrapped.named_parameters() if p.requires_grad and n not in tensors
+            ]
+            if missing:
+                raise ValueError(f"{checkpoint}: checkpoint lacks trainable parameters {missing[:3]}...")
+            self.unwrapped.load_state_dict(tensors, strict=False)
+            self.optimizer.load_state_dict(
+                torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+            )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.state.iteration = int(state["iteration"])
+        self.state.log_history = list(state["log_history"])
+        logger.info("[ppo] resumed at iteration %d from %s", self.state.iteration, checkpoint)
+
+    # ---------------------------------------------------------------------------------------------- publishing
+    def save_model(self, output_dir: str | Path) -> str:
+        """The policy alone, loadable with from_pretrained (full weights or a PEFT adapter). Every rank must call
+        it: under ZeRO-3 the full weights are gathered from the shards first. Returns `full` or `adapter`."""
+        import peft
+
+        output_dir = Path(output_dir)
+        state_dict = self.accelerator.get_state_dict(self.model)  # collective under ZeRO-3
+        kind = "full"
+        policy = self.unwrapped.policy
+        if isinstance(policy, peft.PeftModel):
+            kind = "adapter"
+        if self.accelerator.is_main_process:
+            prefix = "policy."
+            policy_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            policy.save_pretrained(output_dir, state_dict=policy_state, safe_serialization=True)
+            self.tokenizer.save_pretrained(output_dir)
+        self.accelerator.wait_for_everyone()
+        return kind
+
+
+_SHOWN = (
+    "reward/score",
+    "objective/kl",
+    "objective/kl_coef",
+    "loss/policy",
+    "loss/value",
+    "policy/clipfrac",
+    "response/length",
+    "response/eos_rate",
+    "throughput/samples_per_s",
+)
+
+
+def _samples(rollout: Rollout, iteration: int, limit: int) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(min(limit, len(rollout.completions))):
+        prompt = rollout.prompts[i]
+        text = prompt[-1]["content"] if isinstance(prompt, list) else str(prompt)
+        rows.append(
+            {
+                "iteration": iteration,
+                "prompt": text,
+                "completion": rollout.completions[i],
+                "score": float(rollout.scores[i]),
+            }
+        )
+    return rows
