@@ -26,6 +26,8 @@ STAGE_MODULES = {
     "reward": "alignment.stages.reward",
     "dpo": "alignment.stages.dpo",
     "ppo": "alignment.stages.ppo",
+    "grpo": "alignment.stages.grpo",
+    "rloo": "alignment.stages.rloo",
 }
 
 

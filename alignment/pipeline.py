@@ -285,6 +285,8 @@ def _gold_eval(pipeline: PipelineConfig, console: Any) -> None:
             "key": key,
             "mean": scored["mean"],
             "n": scored["n"],
+            "ci95_half_width": _half_width(scored["scores"]),
+            "scores": scored["scores"],
             "samples": [
                 {"prompt": row["prompt"][-1]["content"], "completion": text, "score": score}
                 for row, text, score in list(zip(rows, scored["completions"], scored["scores"], strict=True))[
@@ -293,6 +295,16 @@ def _gold_eval(pipeline: PipelineConfig, console: Any) -> None:
             ],
         }
     artifacts.write_json_atomic(path, {**results, "details": details})
+
+
+def _half_width(scores: list[float]) -> float:
+    """95% half-width of a mean (normal approximation; gold scores are bounded in [0, 1])."""
+    n = len(scores)
+    if n < 2:
+        return float("nan")
+    mean = sum(scores) / n
+    variance = sum((s - mean) ** 2 for s in scores) / (n - 1)
+    return 1.96 * (variance / n) ** 0.5
 
 
 def summary_rows(pipeline: PipelineConfig, plans: list[StagePlan]) -> dict[str, Any]:
@@ -310,6 +322,10 @@ def summary_rows(pipeline: PipelineConfig, plans: list[StagePlan]) -> dict[str, 
         m = metrics["dpo"]
         rows["dpo_eval_reward_accuracy"] = m.get("eval_rewards/accuracies")
         rows["dpo_eval_reward_margin"] = m.get("eval_rewards/margins")
+    if "ppo" in metrics and metrics["ppo"]:
+        m = metrics["ppo"]
+        rows["ppo_reward"] = m.get("reward/score")
+        rows["ppo_kl"] = m.get("objective/kl")
     gold_path = Path(pipeline.output_dir) / "gold_eval.json"
     if gold_path.is_file():
         gold = json.loads(gold_path.read_text())
@@ -339,6 +355,9 @@ def summarise(pipeline: PipelineConfig, plans: list[StagePlan]) -> Any:
     if "dpo_eval_reward_accuracy" in rows:
         table.add_row("DPO held-out reward accuracy", fmt(rows["dpo_eval_reward_accuracy"]))
         table.add_row("DPO held-out reward margin", fmt(rows["dpo_eval_reward_margin"]))
+    if "ppo_reward" in rows:
+        table.add_row("PPO reward, last iteration", fmt(rows["ppo_reward"]))
+        table.add_row("PPO KL to reference per sequence, last iteration", fmt(rows["ppo_kl"]))
     gold = rows.get("gold", {})
     order = pipeline.evaluation.policies if pipeline.evaluation is not None else sorted(gold)
     details = rows.get("gold_details", {})

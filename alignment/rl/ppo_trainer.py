@@ -58,7 +58,7 @@ class PolicyAndValue(nn.Module):
     # Generation helpers (TRL's unwrap_model_for_generation) switch activation checkpointing off and on again.
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.policy, "is_gradient_checkpointing", False))
+        return bool(getattr(self.policy, "is_activation_checkpointing", False))
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}

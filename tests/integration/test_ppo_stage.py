@@ -1,0 +1,204 @@
+"""The PPO stage end to end on the tiny model: CLI, metrics, W&B, exact resume, the RM-accuracy refusal,
+2-process DeepSpeed ZeRO-2/3 with save and load; GRPO and RLOO over TRL with a rule and with a learned RM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, accelerate_launch, logged_losses, run_cli, write_config
+from tests.wandb_offline import find_run_files, summarise
+
+pytestmark = pytest.mark.integration
+
+PPO_METRICS = {
+    "reward/score",
+    "objective/kl",
+    "objective/kl_coef",
+    "objective/rlhf_reward",
+    "policy/entropy",
+    "policy/approx_kl",
+    "policy/clipfrac",
+    "value/clipfrac",
+    "loss/value",
+    "value/explained_variance",
+    "response/length",
+    "response/eos_rate",
+    "time/generation_s",
+    "time/scoring_s",
+    "time/training_s",
+    "throughput/response_tokens_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def sft_and_rm(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """One SFT and one reward artifact shared by every test here (each test has its own output_dir)."""
+    tmp = tmp_path_factory.mktemp("ppo_base")
+    config = write_config(tmp)
+    for stage in ("sft", "reward"):
+        result = run_cli("stage", stage, "--config", str(config), "sft.max_steps=4", "reward.max_steps=4")
+        assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "run"
+
+
+def _config(tmp: Path, base: Path, **updates: object) -> Path:
+    return write_config(tmp, ppo__init_from=str(base / "sft"), **updates)
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory: pytest.TempPathFactory, sft_and_rm: Path) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("ppo")
+    config = _config(tmp, sft_and_rm)
+    result = run_cli("stage", "ppo", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return tmp, config
+
+
+def _load_policy_in_fresh_process(artifact: Path) -> str:
+    code = (
+        "import sys, torch\n"
+        "from alignment.models import load_artifact_for_inference\n"
+        "from alignment.evaluate import generate\n"
+        "model, tok = load_artifact_for_inference(sys.argv[1])\n"
+        "out = generate(model, tok, [[{'role': 'user', 'content': 'Say hi.'}]], max_new_tokens=4)\n"
+        "assert isinstance(out[0], str)\n"
+        "print('loaded', sum(p.numel() for p in model.parameters()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(artifact)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_ppo_publishes_a_loadable_policy_with_its_metrics(ppo_run: tuple[Path, Path]) -> None:
+    tmp, _ = ppo_run
+    artifact = tmp / "run" / "ppo"
+    manifest = json.loads((artifact / "MANIFEST.json").read_text())
+    assert manifest["stage"] == "ppo" and manifest["model_kind"] == "full"
+    assert manifest["metrics"]["global_step"] == 4
+    history = json.loads((artifact / "log_history.json").read_text())
+    assert [entry["step"] for entry in history] == [1, 2, 3, 4]
+    for entry in history:
+        assert set(entry) >= PPO_METRICS, PPO_METRICS - set(entry)
+        assert 0.0 <= entry["response/eos_rate"] <= 1.0
+        assert 1.0 <= entry["response/length"] <= 16.0
+    assert "loaded" in _load_policy_in_fresh_process(artifact)
+    # the published weights differ from the SFT policy's: PPO updated them
+    from safetensors.torch import load_file
+
+    ppo_weights = load_file(artifact / "model.safetensors")
+    sft_weights = load_file(Path(manifest["inputs"]["init"]["path"]) / "model.safetensors")
+    changed = [k for k in ppo_weights if not (ppo_weights[k] == sft_weights[k]).all()]
+    assert changed
+
+
+def test_ppo_logs_to_wandb(ppo_run: tuple[Path, Path]) -> None:
+    tmp, _ = ppo_run
+    files = find_run_files(tmp / "run")
+    assert len(files) == 1, files
+    summary = summarise(files[0])
+    assert summary["run"]["job_type"] == "ppo"
+    history = summary["history"]
+    assert {"reward/score", "objective/kl", "policy/clipfrac", "time/generation_s"} <= set(history)
+    assert len(history["reward/score"]) == 4
+    assert "samples" in history  # the table of sample completions
+
+
+def test_ppo_resumes_exactly_after_a_kill(
+    ppo_run: tuple[Path, Path], tmp_path: Path, sft_and_rm: Path
+) -> None:
+    reference_tmp, _ = ppo_run
+    reference = logged_losses(reference_tmp / "run" / "ppo")
+    config = _config(tmp_path, sft_and_rm)
+    killed = run_cli("stage", "ppo", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "2"})
+    assert killed.returncode == 137, killed.stderr[-3000:]
+    assert (tmp_path / "run" / ".work" / "ppo" / "checkpoint-2" / "COMPLETE").is_file()
+    resumed = run_cli("stage", "ppo", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed at iteration 2" in resumed.stderr
+    losses = logged_losses(tmp_path / "run" / "ppo")
+    assert len(losses) == len(reference) == 4
+    assert losses == pytest.approx(reference, abs=1e-5)
+    history = json.loads((tmp_path / "run" / "ppo" / "log_history.json").read_text())
+    reference_history = json.loads((reference_tmp / "run" / "ppo" / "log_history.json").read_text())
+    for key in ("reward/score", "objective/kl", "objective/kl_coef"):
+        assert [h[key] for h in history] == pytest.approx([h[key] for h in reference_history], abs=1e-5)
+
+
+def test_ppo_refuses_a_reward_model_below_the_threshold(sft_and_rm: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, sft_and_rm, ppo__reward_model=str(sft_and_rm / "reward"))
+    refused = run_cli("stage", "ppo", "--config", str(config), "ppo.min_rm_accuracy=1.01")
+    assert refused.returncode != 0
+    assert "is below the required 1.010" in refused.stderr + refused.stdout
+    forced = run_cli(
+        "stage",
+        "ppo",
+        "--config",
+        str(config),
+        "ppo.min_rm_accuracy=1.01",
+        "ppo.force=true",
+        "ppo.max_steps=2",
+        "ppo.adaptive_kl=true",
+        "ppo.target_kl=0.01",
+    )
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert f"critic from {sft_and_rm / 'reward'}" in forced.stderr  # the critic starts from the RM
+    history = json.loads((tmp_path / "run" / "ppo" / "log_history.json").read_text())
+    assert "reward/raw" in history[0]  # learned RM: raw and normalised scores
+    manifest = json.loads((tmp_path / "run" / "ppo" / "MANIFEST.json").read_text())
+    assert manifest["inputs"]["reward"]["path"] == str((sft_and_rm / "reward").resolve())
+
+
+def test_batch_sizes_that_do_not_divide_are_refused(sft_and_rm: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, sft_and_rm)
+    result = run_cli("stage", "ppo", "--config", str(config), "ppo.rollout_batch_size=6")
+    assert result.returncode != 0
+    assert "ppo.rollout_batch_size=6" in result.stderr and "multiple of the mini-batch" in result.stderr
+
+
+@pytest.mark.parametrize("accelerate_config", ["zero2.yaml", "zero3.yaml"])
+def test_ppo_under_two_process_deepspeed_saves_a_loadable_policy(
+    accelerate_config: str, sft_and_rm: Path, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, sft_and_rm)
+    result = accelerate_launch(
+        accelerate_config,
+        "alignment.stages.ppo",
+        "--config",
+        str(config),
+        "ppo.max_steps=2",
+        "ppo.save_steps=1",
+        "ppo.rollout_batch_size=4",
+        extra=("--num_processes", "2", "--mixed_precision", "no"),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    artifact = tmp_path / "run" / "ppo"
+    manifest = json.loads((artifact / "MANIFEST.json").read_text())
+    assert manifest["world_size"] == 2
+    assert (tmp_path / "run" / ".work" / "ppo" / "checkpoint-1" / "COMPLETE").is_file()
+    assert "loaded" in _load_policy_in_fresh_process(artifact)  # a fresh process: never inside ZeRO-3
+
+
+@pytest.mark.parametrize("stage", ["grpo", "rloo"])
+@pytest.mark.parametrize("reward", ["rule", "learned"])
+def test_grpo_and_rloo_train_with_reward_models_specs(
+    stage: str, reward: str, sft_and_rm: Path, tmp_path: Path
+) -> None:
+    spec = "rule:tasks" if reward == "rule" else str(sft_and_rm / "reward")
+    config = write_config(
+        tmp_path, **{f"{stage}__init_from": str(sft_and_rm / "sft"), f"{stage}__reward_model": spec}
+    )
+    result = run_cli("stage", stage, "--config", str(config), f"{stage}.force=true")
+    assert result.returncode == 0, result.stderr[-4000:]
+    history = json.loads((tmp_path / "run" / stage / "log_history.json").read_text())
+    rewards = [entry["rewards/reward/mean"] for entry in history if "rewards/reward/mean" in entry]
+    assert len(rewards) == 2
+    if reward == "rule":
+        assert all(0.0 <= r <= 1.0 for r in rewards)  # gold scores
+    assert "loaded" in _load_policy_in_fresh_process(tmp_path / "run" / stage)
