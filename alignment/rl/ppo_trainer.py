@@ -22,6 +22,7 @@ sampling seeds are functions of the iteration).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,9 @@ class PPOTrainer:
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("ppo: the policy tokenizer needs a pad token and an EOS token")
 
+        # No `cpu=` here: the stage's PartialState already chose the device, and cpu=True would turn DeepSpeed
+        # off while ZeRO-3's partitioned loading is on (as transformers' Trainer, pass only the plugin).
         self.accelerator = Accelerator(
-            cpu=args.use_cpu,
             mixed_precision="bf16" if args.bf16 else "no",
             deepspeed_plugin=args.deepspeed_plugin,
             gradient_accumulation_plugin=GradientAccumulationPlugin(
@@ -335,10 +337,34 @@ class PPOTrainer:
         ):  # LoRA: the SFT policy is the policy without its adapter
             return self._forward_in_chunks(self._policy_only, batch, query_length)[0]
 
+    @contextlib.contextmanager
+    def _policy_for_generation(self) -> Iterator[nn.Module]:
+        """The policy with whole weights for `generate`: under ZeRO-3 its shards are gathered once (the critic's
+        are not) and DeepSpeed's per-module fetch hooks are lifted meanwhile, so decoding never fetches
+        shards token by token."""
+        policy = self.unwrapped.policy
+        checkpointing = self.unwrapped.is_gradient_checkpointing
+        if checkpointing:
+            self.unwrapped.gradient_checkpointing_disable()  # generation needs the KV cache
+        try:
+            if not self.zero3:
+                yield policy
+                return
+            import deepspeed
+            from trl.models.utils import add_hooks, remove_hooks
+
+            with deepspeed.zero.GatheredParameters(list(policy.parameters())):
+                remove_hooks(self.model)
+                try:
+                    yield policy
+                finally:
+                    add_hooks(self.model)
+        finally:
+            if checkpointing:
+                self.unwrapped.gradient_checkpointing_enable()
+
     @torch.no_grad()
     def rollout(self, rows: Sequence[dict[str, Any]], iteration: int) -> Rollout:
-        from trl.models.utils import unwrap_model_for_generation
-
         device = self.accelerator.device
         tok = self.tokenizer
         timings: dict[str, float] = {}
@@ -351,8 +377,8 @@ class PPOTrainer:
 
         self.model.eval()
         torch.manual_seed(self._seed(iteration))
-        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
-            sequences = unwrapped.policy.generate(
+        with self._policy_for_generation() as policy:
+            sequences = policy.generate(
                 input_ids=query["input_ids"],
                 attention_mask=query["attention_mask"],
                 generation_config=self.generation_config,
