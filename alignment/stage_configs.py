@@ -118,8 +118,8 @@ class PPOStageConfig(StageArgsMixin, TrainingArguments):
 
 
 @dataclass
-class GRPOStageConfig(StageArgsMixin, GRPOConfig):
-    """GRPO stage: TRL's GRPOConfig; rewards from reward_models specs."""
+class TRLRewardStageFields:
+    """What the GRPO and RLOO stages add to TRL's configs: prompts, initialisation and the reward spec."""
 
     data: DataConfig = field(default_factory=DataConfig)
     eval_data: DataConfig | None = None
@@ -132,16 +132,13 @@ class GRPOStageConfig(StageArgsMixin, GRPOConfig):
 
 
 @dataclass
-class RLOOStageConfig(StageArgsMixin, RLOOConfig):
-    """RLOO stage: TRL's RLOOConfig; rewards from reward_models specs."""
+class GRPOStageConfig(StageArgsMixin, TRLRewardStageFields, GRPOConfig):
+    """GRPO stage: TRL's GRPOConfig; rewards from reward_models specs."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    eval_data: DataConfig | None = None
-    model: ModelConfig | None = None
-    init_from: str = "sft"
-    reward_model: str = "reward"
-    min_rm_accuracy: float = 0.6
-    force: bool = False
+
+@dataclass
+class RLOOStageConfig(StageArgsMixin, TRLRewardStageFields, RLOOConfig):
+    """RLOO stage: TRL's RLOOConfig; rewards from reward_models specs."""
 
 
 STAGE_CONFIGS: dict[str, type] = {
