@@ -113,6 +113,23 @@ def lineage(path: str | Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
+FAULT_ENV = "ALIGNMENT_FAULT_AFTER_CHECKPOINT"
+"""Testing hook: after the checkpoint of this step is complete, the process exits as if killed (137)."""
+
+
+def exit_if_fault_injected(step: int) -> None:
+    """Exit with 137 (as if killed) when FAULT_ENV names this step; called once a checkpoint is COMPLETE."""
+    import logging
+    import sys
+
+    fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
+    if fault_step and step == fault_step:
+        logging.getLogger("alignment").warning("%s=%d: exiting as if killed", FAULT_ENV, fault_step)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(137)
+
+
 def mark_checkpoint_complete(checkpoint: str | Path) -> None:
     (Path(checkpoint) / CHECKPOINT_MARKER).write_text(f"{time.time()}\n")
 

@@ -116,7 +116,10 @@ class LearnedRewardModel:
         self, prompts: Sequence[Prompt], completions: Sequence[str], golds: Sequence[dict] | None = None
     ) -> torch.Tensor:
         """Normalised reward (raw when the artifact has no statistics), shape (N,)."""
-        raw = self.raw_score(prompts, completions)
+        return self.normalize(self.raw_score(prompts, completions))
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """(r - mean) / std with the artifact's statistics; raw scores unchanged when it has none."""
         if self.normalization is None:
             return raw
         return (raw - self.normalization["mean"]) / self.normalization["std"]

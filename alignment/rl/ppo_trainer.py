@@ -25,9 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +41,6 @@ from alignment.rl import ppo_math as pm
 
 logger = logging.getLogger("alignment.ppo")
 
-FAULT_ENV = "ALIGNMENT_FAULT_AFTER_CHECKPOINT"
 STATE_FILE = "ppo_state.json"
 
 
@@ -118,16 +115,15 @@ class TrainerState:
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass
-class TrainResult:
-    global_step: int
-    training_loss: float
-    metrics: dict[str, Any]
-
-
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generate() uses them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    from trl.trainer.utils import entropy_from_logits as trl_entropy
+
+    return trl_entropy(logits)
 
 
 def gather_response_logprobs(
@@ -413,10 +409,9 @@ class PPOTrainer:
         completions = [text.strip() for text in tok.batch_decode(without_eos, skip_special_tokens=True)]
         golds = [row.get("gold") for row in rows]
         raw_scores = None
-        if hasattr(self.reward, "raw_score") and getattr(self.reward, "normalization", None) is not None:
+        if hasattr(self.reward, "normalize"):  # a learned RM: log its raw score too
             raw_scores = self.reward.raw_score(prompts, completions).to(device)
-            norm = self.reward.normalization
-            scores = (raw_scores - norm["mean"]) / norm["std"]
+            scores = self.reward.normalize(raw_scores)
         else:
             scores = self.reward.score(prompts, completions, golds).to(device)
         scores = pm.apply_missing_eos_penalty(scores.float(), ended, self.args.missing_eos_penalty)
@@ -502,7 +497,7 @@ class PPOTrainer:
                         warnings.simplefilter("ignore")  # DeepSpeed steps the optimiser inside backward()
                         self.scheduler.step()
                 with torch.no_grad():
-                    entropy = pm.masked_mean(pm.entropy_from_logits(logits / args.temperature), mask)
+                    entropy = pm.masked_mean(entropy_from_logits(logits.float() / args.temperature), mask)
                 for key, value in (
                     ("loss/policy", pg.loss),
                     ("loss/value", vf_loss),
@@ -520,8 +515,9 @@ class PPOTrainer:
         return dict(zip(sorted(sums), averaged.tolist(), strict=True))
 
     # ------------------------------------------------------------------------------------------------- train
-    def train(self, resume_from_checkpoint: str | None = None) -> TrainResult:
+    def train(self, resume_from_checkpoint: str | None = None) -> Any:
         from tqdm.auto import tqdm
+        from transformers.trainer_utils import TrainOutput
 
         args = self.args
         if resume_from_checkpoint:
@@ -591,7 +587,7 @@ class PPOTrainer:
             )
             if key in last
         }
-        return TrainResult(self.state.iteration, sum(losses) / max(1, len(losses)), metrics)
+        return TrainOutput(self.state.iteration, sum(losses) / max(1, len(losses)), metrics)
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, iteration: int) -> None:
@@ -626,12 +622,7 @@ class PPOTrainer:
             artifacts.mark_checkpoint_complete(checkpoint)
             self._rotate_checkpoints(checkpoint)
         self.accelerator.wait_for_everyone()
-        fault = int(os.environ.get(FAULT_ENV, "0") or 0)
-        if fault and iteration == fault:
-            logger.warning("%s=%d: exiting as if killed", FAULT_ENV, fault)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(137)
+        artifacts.exit_if_fault_injected(iteration)
 
     def _rotate_checkpoints(self, keep: Path) -> None:
         limit = self.args.save_total_limit or 2
@@ -672,24 +663,18 @@ class PPOTrainer:
         logger.info("[ppo] resumed at iteration %d from %s", self.state.iteration, checkpoint)
 
     # ---------------------------------------------------------------------------------------------- publishing
-    def save_model(self, output_dir: str | Path) -> str:
-        """The policy alone, loadable with from_pretrained (full weights or a PEFT adapter). Every rank must call
-        it: under ZeRO-3 the full weights are gathered from the shards first. Returns `full` or `adapter`."""
-        import peft
-
-        output_dir = Path(output_dir)
+    def save_model(self, output_dir: str | Path) -> None:
+        """The policy alone, loadable with from_pretrained (full weights or a PEFT adapter), and its tokenizer.
+        Every rank must call it: under ZeRO-3 the full weights are gathered from the shards first."""
         state_dict = self.accelerator.get_state_dict(self.model)  # collective under ZeRO-3
-        kind = "full"
-        policy = self.unwrapped.policy
-        if isinstance(policy, peft.PeftModel):
-            kind = "adapter"
         if self.accelerator.is_main_process:
             prefix = "policy."
             policy_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-            policy.save_pretrained(output_dir, state_dict=policy_state, safe_serialization=True)
+            self.unwrapped.policy.save_pretrained(
+                output_dir, state_dict=policy_state, safe_serialization=True
+            )
             self.tokenizer.save_pretrained(output_dir)
         self.accelerator.wait_for_everyone()
-        return kind
 
 
 _SHOWN = (

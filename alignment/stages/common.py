@@ -9,27 +9,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from alignment import artifacts
 from alignment.artifacts import ArtifactError
-from alignment.config import ConfigError, PipelineConfig, config_hash, load_pipeline, save_resolved
+from alignment.config import (
+    ConfigError,
+    PipelineConfig,
+    config_hash,
+    load_pipeline,
+    save_resolved,
+    stage_args,
+)
 from alignment.data import DataConfig, DataError, load_checked, split_train_eval, write_jsonl
-from alignment.models import resolve_model_path
+from alignment.models import load_tokenizer, resolve_model_path
 from alignment.tracking import StageTracker, report_to
 
 logger = logging.getLogger("alignment")
-
-FAULT_ENV = "ALIGNMENT_FAULT_AFTER_CHECKPOINT"
-"""Testing hook: after the checkpoint of this global step is complete, the process exits as if killed (137)."""
 
 
 def parse_args(stage: str, argv: list[str] | None) -> tuple[PipelineConfig, argparse.Namespace]:
@@ -45,6 +47,14 @@ def parse_args(stage: str, argv: list[str] | None) -> tuple[PipelineConfig, argp
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.learning_rate=1e-4")
     args = parser.parse_args(argv)
     return load_pipeline(args.config, args.overrides), args
+
+
+def stage_main(stage: str, train: Any, argv: list[str] | None) -> int:
+    """What `python -m alignment.stages.<stage>` runs: arguments, logging, `train(pipeline, force, restart)`."""
+    setup_logging()
+    pipeline, args = parse_args(stage, argv)
+    train(pipeline, force=args.force, restart=args.restart)
+    return 0
 
 
 def setup_logging() -> None:
@@ -267,6 +277,44 @@ def resolve_init_model(
     return str(merged), model_cfg
 
 
+class StageStart(NamedTuple):
+    """What a stage after SFT has before it builds its models."""
+
+    resume_from: str | None
+    init_path: str
+    model_cfg: Any
+    args: Any
+    tokenizer: Any
+
+
+def start_from_init(pipeline: PipelineConfig, run: StageRun, stage: str) -> StageStart:
+    """The common start of the stages that begin from an upstream artifact (reward, dpo, ppo, grpo, rloo):
+    work dir and resume point, init model (merged once if it is an adapter), the stage's config, tokenizer."""
+    resume_from = run.prepare_work_dir()
+    section = pipeline.stage_sections.get(stage, {})
+    init_path, model_cfg = resolve_init_model(
+        pipeline, run, section.get("init_from", "sft"), section.get("model"), stage
+    )
+    args = stage_args(pipeline, stage, **run.training_defaults())
+    check_tuning(model_cfg, stage)
+    return StageStart(resume_from, init_path, model_cfg, args, load_tokenizer(model_cfg, init_path))
+
+
+def check_tuning(model_cfg: Any, stage: str) -> None:
+    """Refuse, before any model is loaded, tuning a stage cannot use: soft prompts after SFT (no adapter-disabled
+    reference, no sequence-classification head), or an adapter merge into ZeRO-3 shards at publish time."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    tuning = model_cfg.tuning
+    if tuning.method == "prompt_tuning" and stage != "sft":
+        raise ConfigError(f"{stage}: prompt_tuning is for SFT only; use lora, ia3, freeze or full")
+    if tuning.merge_on_publish and tuning.method in ("lora", "ia3") and is_deepspeed_zero3_enabled():
+        raise ConfigError(
+            f"{stage}: merge_on_publish under ZeRO-3 would merge into sharded weights; publish the adapter "
+            "(merge_on_publish: false) and merge it afterwards, or use ZeRO-2"
+        )
+
+
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
 
@@ -275,8 +323,6 @@ def checkpoint_callback(run: StageRun) -> Any:
     """Marks each checkpoint COMPLETE after every rank wrote it; optional fault injection for tests."""
     from transformers import TrainerCallback
 
-    fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
-
     class CompleteCheckpoints(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -284,11 +330,7 @@ def checkpoint_callback(run: StageRun) -> Any:
             if run.is_main and checkpoint.is_dir():
                 artifacts.mark_checkpoint_complete(checkpoint)
             run.state.wait_for_everyone()
-            if fault_step and state.global_step == fault_step:
-                logger.warning("%s=%d: exiting as if killed", FAULT_ENV, fault_step)
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(137)
+            artifacts.exit_if_fault_injected(state.global_step)
 
     return CompleteCheckpoints()
 
@@ -336,25 +378,31 @@ def execute(
         run.tracker.finish(exit_code)
 
 
-def save_policy_weights(trainer: Any, run: StageRun, model_cfg: Any) -> str:
+def save_policy_weights(trainer: Any, run: StageRun, model_cfg: Any, policy: Any = None) -> str:
     """Every rank saves (ZeRO-3 gathers shards); the main process then keeps the adapter or merges it as the
-    config asks. Returns what was published: `full`, `adapter` or `merged`."""
+    config asks. `policy`: the published model when it is not the trainer's whole model (PPO's actor).
+    Returns what was published: `full`, `adapter` or `merged`."""
     import peft
 
     trainer.save_model(str(run.staging))
+    model = policy if policy is not None else trainer.accelerator.unwrap_model(trainer.model)
     kind = "full"
-    if run.is_main:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        if isinstance(model, peft.PeftModel):
-            kind = "adapter"
-            if model_cfg.tuning.merge_on_publish and model_cfg.tuning.method in ("lora", "ia3"):
-                merged = model.merge_and_unload()
-                for leftover in ("adapter_model.safetensors", "adapter_config.json"):
-                    (run.staging / leftover).unlink(missing_ok=True)
-                merged.save_pretrained(run.staging, safe_serialization=True)
-                kind = "merged"
+    if isinstance(model, peft.PeftModel):
+        kind = "adapter"
+        if model_cfg.tuning.merge_on_publish and model_cfg.tuning.method in ("lora", "ia3"):
+            if run.is_main:
+                merge_adapter(model, run.staging)
+            kind = "merged"
     run.state.wait_for_everyone()
     return kind
+
+
+def merge_adapter(model: Any, directory: Path) -> None:
+    """Replace the adapter files a PEFT model saved in `directory` with its merged full weights."""
+    merged = model.merge_and_unload()
+    for leftover in ("adapter_model.safetensors", "adapter_config.json"):
+        (directory / leftover).unlink(missing_ok=True)
+    merged.save_pretrained(directory, safe_serialization=True)
 
 
 def write_log_history(path: Path, log_history: list[dict[str, Any]]) -> None:

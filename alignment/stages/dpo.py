@@ -22,16 +22,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alignment.config import ConfigError, PipelineConfig, stage_args
-from alignment.models import apply_freeze, count_parameters, load_causal_lm, load_tokenizer, peft_config_for
+from alignment.config import PipelineConfig
+from alignment.models import apply_freeze, count_parameters, load_causal_lm, peft_config_for
 from alignment.stages.common import (
     StageRun,
     checkpoint_callback,
     execute,
-    parse_args,
-    resolve_init_model,
     save_policy_weights,
-    setup_logging,
+    stage_main,
+    start_from_init,
 )
 from alignment.stages.reward import token_length_fn
 
@@ -49,13 +48,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     from transformers import set_seed
     from trl import DPOTrainer
 
-    resume_from = run.prepare_work_dir()
-    section = pipeline.stage_sections.get(STAGE, {})
-    init_path, model_cfg = resolve_init_model(
-        pipeline, run, section.get("init_from", "sft"), section.get("model"), STAGE
-    )
-    args = stage_args(pipeline, STAGE, **run.training_defaults())
-    tokenizer = load_tokenizer(model_cfg, init_path)
+    resume_from, init_path, model_cfg, args, tokenizer = start_from_init(pipeline, run, STAGE)
 
     train_rows, eval_rows = run.load_train_eval(args, "preference", token_length_fn(tokenizer))
 
@@ -63,10 +56,6 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     model = load_causal_lm(model_cfg, init_path, tokenizer)
     apply_freeze(model, model_cfg.tuning)
     peft_config = peft_config_for(model_cfg.tuning)
-    if model_cfg.tuning.method == "prompt_tuning":
-        raise ConfigError(
-            "dpo: prompt_tuning has no adapter-disabled reference; use lora, ia3, freeze or full"
-        )
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # LoRA: adapter disabled; full: TRL loads a frozen copy from the SFT artifact path
@@ -106,10 +95,7 @@ def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    pipeline, args = parse_args(STAGE, argv)
-    train(pipeline, force=args.force, restart=args.restart)
-    return 0
+    return stage_main(STAGE, train, argv)
 
 
 if __name__ == "__main__":

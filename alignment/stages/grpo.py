@@ -16,16 +16,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alignment.config import ConfigError, PipelineConfig, stage_args
-from alignment.models import apply_freeze, count_parameters, load_causal_lm, load_tokenizer, peft_config_for
+from alignment.config import PipelineConfig
+from alignment.models import apply_freeze, count_parameters, load_causal_lm, peft_config_for
 from alignment.stages.common import (
     StageRun,
     checkpoint_callback,
     execute,
-    parse_args,
-    resolve_init_model,
     save_policy_weights,
-    setup_logging,
+    stage_main,
+    start_from_init,
 )
 from alignment.stages.ppo import check_reward_models, load_reward, prompt_length_fn, resolve_reward_spec
 
@@ -41,15 +40,7 @@ def builder(stage: str, trainer_class_name: str) -> Any:
 
         from alignment.rl.rewards import rows_for_trl, trl_reward_function
 
-        resume_from = run.prepare_work_dir()
-        section = pipeline.stage_sections.get(stage, {})
-        init_path, model_cfg = resolve_init_model(
-            pipeline, run, section.get("init_from", "sft"), section.get("model"), stage
-        )
-        args = stage_args(pipeline, stage, **run.training_defaults())
-        if model_cfg.tuning.method == "prompt_tuning":
-            raise ConfigError(f"{stage}: prompt_tuning is not supported; use lora, ia3, freeze or full")
-        tokenizer = load_tokenizer(model_cfg, init_path)
+        resume_from, init_path, model_cfg, args, tokenizer = start_from_init(pipeline, run, stage)
         rows, eval_rows = run.load_train_eval(args, "prompt", prompt_length_fn(tokenizer))
         spec, learned = resolve_reward_spec(args.reward_model, pipeline)
         check_reward_models(learned, args, run)
@@ -108,10 +99,7 @@ def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    pipeline, args = parse_args(STAGE, argv)
-    train(pipeline, force=args.force, restart=args.restart)
-    return 0
+    return stage_main(STAGE, train, argv)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from alignment.config import ConfigError, PipelineConfig, stage_args
+from alignment.config import ConfigError, PipelineConfig
 from alignment.models import (
     apply_freeze,
     count_parameters,
     load_causal_lm,
-    load_tokenizer,
     peft_config_for,
     torch_dtype,
 )
-from alignment.stages.common import StageRun, execute, parse_args, resolve_init_model, setup_logging
+from alignment.stages.common import StageRun, execute, save_policy_weights, stage_main, start_from_init
 
 logger = logging.getLogger("alignment.ppo")
 
@@ -114,28 +113,11 @@ def _critic_source(args: Any, learned: list[Path], init_path: str, policy_tokeni
 def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     import torch
     from transformers import AutoModelForSequenceClassification, set_seed
-    from transformers.integrations import is_deepspeed_zero3_enabled
 
     from alignment.rl.ppo_trainer import PPOTrainer
 
-    resume_from = run.prepare_work_dir()
-    section = pipeline.stage_sections.get(STAGE, {})
-    init_path, model_cfg = resolve_init_model(
-        pipeline, run, section.get("init_from", "sft"), section.get("model"), STAGE
-    )
-    args = stage_args(pipeline, STAGE, **run.training_defaults())
-    zero3 = bool(is_deepspeed_zero3_enabled())
+    resume_from, init_path, model_cfg, args, tokenizer = start_from_init(pipeline, run, STAGE)
     tuning = model_cfg.tuning
-    if tuning.method == "prompt_tuning":
-        raise ConfigError(
-            "ppo: prompt_tuning has no adapter-disabled reference; use lora, ia3, freeze or full"
-        )
-    if zero3 and tuning.method in ("lora", "ia3") and tuning.merge_on_publish:
-        raise ConfigError(
-            "ppo: merge_on_publish under ZeRO-3 would merge into sharded weights; publish the adapter "
-            "(merge_on_publish: false) and merge it afterwards, or use ZeRO-2"
-        )
-    tokenizer = load_tokenizer(model_cfg, init_path)
     rows, _ = run.load_train_eval(args, "prompt", prompt_length_fn(tokenizer))
 
     spec, learned = resolve_reward_spec(args.reward_model, pipeline)
@@ -228,17 +210,8 @@ def _wandb_table(run: StageRun) -> Any:
 
 
 def _finish(trainer: Any, run: StageRun, metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    kind = trainer.save_model(run.staging)
-    tuning = run.model_cfg.tuning  # type: ignore[attr-defined]
-    if kind == "adapter" and tuning.merge_on_publish and tuning.method in ("lora", "ia3"):
-        if run.is_main:
-            merged = trainer.unwrapped.policy.merge_and_unload()
-            for leftover in ("adapter_model.safetensors", "adapter_config.json"):
-                (run.staging / leftover).unlink(missing_ok=True)
-            merged.save_pretrained(run.staging, safe_serialization=True)
-        kind = "merged"
-        run.state.wait_for_everyone()
-    return kind, {}
+    policy = trainer.unwrapped.policy  # the actor alone is published, never the critic
+    return save_policy_weights(trainer, run, run.model_cfg, policy=policy), {}  # type: ignore[attr-defined]
 
 
 def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) -> Path:
@@ -246,10 +219,7 @@ def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    pipeline, args = parse_args(STAGE, argv)
-    train(pipeline, force=args.force, restart=args.restart)
-    return 0
+    return stage_main(STAGE, train, argv)
 
 
 if __name__ == "__main__":

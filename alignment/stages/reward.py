@@ -25,20 +25,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alignment.config import ConfigError, PipelineConfig, stage_args
+from alignment.config import ConfigError, PipelineConfig
 from alignment.models import (
     apply_freeze,
     count_parameters,
-    load_tokenizer,
     peft_config_for,
 )
 from alignment.stages.common import (
     StageRun,
     checkpoint_callback,
     execute,
-    parse_args,
-    resolve_init_model,
-    setup_logging,
+    merge_adapter,
+    stage_main,
+    start_from_init,
 )
 
 logger = logging.getLogger("alignment.reward")
@@ -68,13 +67,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardTrainer
 
-    resume_from = run.prepare_work_dir()
-    section = pipeline.stage_sections.get(STAGE, {})
-    init_path, model_cfg = resolve_init_model(
-        pipeline, run, section.get("init_from", "sft"), section.get("model"), STAGE
-    )
-    args = stage_args(pipeline, STAGE, **run.training_defaults())
-    tokenizer = load_tokenizer(model_cfg, init_path)
+    resume_from, init_path, model_cfg, args, tokenizer = start_from_init(pipeline, run, STAGE)
 
     train_rows, eval_rows = run.load_train_eval(args, "preference", token_length_fn(tokenizer))
     if not eval_rows:
@@ -104,10 +97,6 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     apply_freeze(model, model_cfg.tuning)
     peft_config = peft_config_for(model_cfg.tuning, task_type="SEQ_CLS")
-    if model_cfg.tuning.method == "prompt_tuning":
-        raise ConfigError(
-            "reward: prompt_tuning is not supported for reward models; use lora, freeze or full"
-        )
 
     trainer = RewardTrainer(
         model=model,
@@ -197,18 +186,12 @@ def _save_merged(trainer: Any, run: StageRun) -> None:
     trainer.save_model(str(run.staging))
     model = trainer.accelerator.unwrap_model(trainer.model)
     if run.is_main and isinstance(model, peft.PeftModel):
-        merged = model.merge_and_unload()
-        for leftover in ("adapter_model.safetensors", "adapter_config.json"):
-            (run.staging / leftover).unlink(missing_ok=True)
-        merged.save_pretrained(run.staging, safe_serialization=True)
+        merge_adapter(model, run.staging)
     run.state.wait_for_everyone()
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    pipeline, args = parse_args(STAGE, argv)
-    train(pipeline, force=args.force, restart=args.restart)
-    return 0
+    return stage_main(STAGE, train, argv)
 
 
 if __name__ == "__main__":

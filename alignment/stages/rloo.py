@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignment.config import PipelineConfig
-from alignment.stages.common import execute, parse_args, setup_logging
+from alignment.stages.common import execute, stage_main
 from alignment.stages.grpo import builder, finish
 
 STAGE = "rloo"
@@ -23,10 +23,7 @@ def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    pipeline, args = parse_args(STAGE, argv)
-    train(pipeline, force=args.force, restart=args.restart)
-    return 0
+    return stage_main(STAGE, train, argv)
 
 
 if __name__ == "__main__":

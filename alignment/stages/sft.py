@@ -34,11 +34,11 @@ from alignment.models import (
 )
 from alignment.stages.common import (
     StageRun,
+    check_tuning,
     checkpoint_callback,
     execute,
-    parse_args,
     save_policy_weights,
-    setup_logging,
+    stage_main,
 )
 
 logger = logging.getLogger("alignment.sft")
@@ -74,6 +74,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     resume_from = run.prepare_work_dir()
     args = stage_args(pipeline, STAGE, **run.training_defaults())
     model_cfg = args.model or pipeline.model
+    check_tuning(model_cfg, STAGE)
     model_path = resolve_model_path(model_cfg.name_or_path)
     tokenizer = load_tokenizer(model_cfg, model_path)
 
@@ -86,8 +87,6 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     peft_config = peft_config_for(model_cfg.tuning)
     if peft_config is not None and model_cfg.tuning.method == "prompt_tuning" and args.packing:
         raise ConfigError("sft: packing does not combine with prompt_tuning (soft prompts per sequence)")
-    if model_cfg.tuning.merge_on_publish and _zero3(args):
-        raise ConfigError("model.tuning.merge_on_publish is not supported under ZeRO-3; publish the adapter")
 
     trainer = SFTTrainer(
         model=model,
@@ -106,12 +105,6 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     return trainer, resume_from
 
 
-def _zero3(args: Any) -> bool:
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    return bool(is_deepspeed_zero3_enabled())
-
-
 def _finish(trainer: Any, run: StageRun, metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     model_cfg = trainer.args.model or run.pipeline.model
     kind = save_policy_weights(trainer, run, model_cfg)
@@ -124,10 +117,7 @@ def train(pipeline: PipelineConfig, force: bool = False, restart: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    pipeline, args = parse_args(STAGE, argv)
-    train(pipeline, force=args.force, restart=args.restart)
-    return 0
+    return stage_main(STAGE, train, argv)
 
 
 if __name__ == "__main__":
