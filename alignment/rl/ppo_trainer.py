@@ -73,9 +73,15 @@ class PolicyAndValue(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         with_values: bool = True,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Policy logits of the last `logits_to_keep` positions (0: all) and the critic's value at every position."""
         logits = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
         ).logits
         if not with_values:
             return logits, None
@@ -293,35 +299,43 @@ class PPOTrainer:
         batch: dict[str, torch.Tensor],
         query_length: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Response log-probs (and values when `forward` gives them) in micro-batches."""
+        """Response log-probs (and values when `forward` gives them) in micro-batches; `forward` returns the logits
+        of the last `keep` positions (those that predict the response tokens, plus the last)."""
         logprobs, values = [], []
         size = self.args.per_device_train_batch_size
         response = batch["input_ids"][:, query_length:]
         for start in range(0, response.shape[0], size):
             part = slice(start, start + size)
             logits, value = forward(
-                batch["input_ids"][part], batch["attention_mask"][part], batch["position_ids"][part]
+                batch["input_ids"][part],
+                batch["attention_mask"][part],
+                batch["position_ids"][part],
+                keep=response.shape[1] + 1,
             )
-            logprobs.append(
-                gather_response_logprobs(
-                    logits[:, query_length - 1 : -1], response[part], self.args.temperature
-                )
-            )
+            logprobs.append(gather_response_logprobs(logits[:, :-1], response[part], self.args.temperature))
             if value is not None:
                 values.append(value[:, query_length - 1 : -1].float())
         return torch.cat(logprobs), (torch.cat(values) if values else None)
 
-    def _policy_and_values(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.model(*inputs, with_values=True)
+    # Each forward returns the logits of the last response_length + 1 positions only: the LM head over the prompt
+    # positions (a 576 x 49k matmul per token for SmolLM2) would be computed and thrown away.
+    def _policy_and_values(
+        self, *inputs: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model(*inputs, with_values=True, logits_to_keep=keep)
 
-    def _policy_only(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.model(*inputs, with_values=False)
+    def _policy_only(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model(*inputs, with_values=False, logits_to_keep=keep)
 
-    def _reference(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def _reference(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, None]:
         input_ids, attention_mask, position_ids = inputs
         assert self.ref_policy is not None
         output = self.ref_policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=keep,
         )
         return output.logits, None
 
@@ -380,15 +394,10 @@ class PPOTrainer:
                 generation_config=self.generation_config,
             )
         response = sequences[:, query_length:]
-        if response.shape[1] < self.args.max_new_tokens:
-            pad = torch.full(
-                (response.shape[0], self.args.max_new_tokens - response.shape[1]),
-                tok.pad_token_id,
-                dtype=response.dtype,
-                device=device,
-            )
-            response = torch.cat([response, pad], dim=1)
         mask, ended = pm.response_mask(response, tok.eos_token_id)
+        # Every later pass costs in proportion to the sequence length: cut the columns past the longest response.
+        width = max(1, int(mask.sum(dim=1).max().item()))
+        response, mask = response[:, :width], mask[:, :width]
         response = torch.where(mask.bool(), response, torch.full_like(response, tok.pad_token_id))
         attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
         batch = {
@@ -475,9 +484,12 @@ class PPOTrainer:
                 mask = rollout.mask[index]
                 with self.accelerator.accumulate(self.model):
                     logits, values = self.model(
-                        rollout.input_ids[index], rollout.attention_mask[index], rollout.position_ids[index]
+                        rollout.input_ids[index],
+                        rollout.attention_mask[index],
+                        rollout.position_ids[index],
+                        logits_to_keep=response.shape[1] + 1,
                     )
-                    logits = logits[:, q - 1 : -1]
+                    logits = logits[:, :-1]
                     logprobs = gather_response_logprobs(logits, response[index], args.temperature)
                     values = values[:, q - 1 : -1].float()
                     pg = pm.policy_loss(
@@ -687,6 +699,10 @@ _SHOWN = (
     "response/length",
     "response/eos_rate",
     "throughput/samples_per_s",
+    "time/generation_s",
+    "time/forward_s",
+    "time/scoring_s",
+    "time/training_s",
 )
 
 
