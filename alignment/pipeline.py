@@ -299,12 +299,9 @@ def _gold_eval(pipeline: PipelineConfig, console: Any) -> None:
 
 def _half_width(scores: list[float]) -> float:
     """95% half-width of a mean (normal approximation; gold scores are bounded in [0, 1])."""
-    n = len(scores)
-    if n < 2:
-        return float("nan")
-    mean = sum(scores) / n
-    variance = sum((s - mean) ** 2 for s in scores) / (n - 1)
-    return 1.96 * (variance / n) ** 0.5
+    from alignment.evaluate import mean_and_half_width
+
+    return mean_and_half_width(scores)[1]
 
 
 def summary_rows(pipeline: PipelineConfig, plans: list[StagePlan]) -> dict[str, Any]:
