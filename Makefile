@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup quickstart smoke test test-all lint format
+.PHONY: setup quickstart smoke test test-all lint format bench-peer-venv
 
 setup: $(VENV)/.installed
 
@@ -41,3 +41,17 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The peer for `python -m bench ppo --peer-python .venv-trl112/bin/python`: TRL 1.12.0 (the last release with a
+# PPOTrainer) beside the same torch / transformers / peft / accelerate versions as the project.
+PEER_VENV ?= .venv-trl112
+bench-peer-venv: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed: setup
+	test -x $(PEER_VENV)/bin/python || python3 -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(PEER_VENV)/bin/python -m pip install --quiet trl==1.12.0 \
+		"transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)')" \
+		"peft==$$($(PY) -c 'import peft; print(peft.__version__)')" \
+		"accelerate==$$($(PY) -c 'import accelerate; print(accelerate.__version__)')"
+	touch $@

@@ -1,0 +1,23 @@
+"""`python -m bench <suite> [options]`: run one benchmark suite (see each module's docstring)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUITES = {
+    "ppo": ("bench.ppo", "our PPO vs a learned RM and vs rule:tasks, beside TRL 1.12.0's PPOTrainer"),
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in SUITES:
+        lines = [f"  {name:<8} {about}" for name, (_, about) in SUITES.items()]
+        print("usage: python -m bench <suite> [options]\n\nsuites:\n" + "\n".join(lines), file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(SUITES[sys.argv[1]][0])
+    module.main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
