@@ -189,6 +189,28 @@ def main() -> None:
     ppo_module.get_reward = timed_get_reward
     ppo_module.forward = timed_forward
 
+    # Self-check: the patched token path scores a reply exactly as the RM scores its chat-template text.
+    query = encoded[0]
+    reply = tokenizer.encode("A short reply.", add_special_tokens=False) + [tokenizer.eos_token_id]
+    token_path = torch.tensor([query + reply + [tokenizer.pad_token_id] * 3])
+    with torch.no_grad():
+        _, via_tokens, _ = timed_get_reward(reward_model, token_path, tokenizer.pad_token_id, len(query))
+        text = tokenizer.apply_chat_template(
+            prompts[0]["prompt"] + [{"role": "assistant", "content": "A short reply."}],
+            tokenize=True,
+            return_dict=False,
+        )
+        hidden = reward_model.model(input_ids=torch.tensor([text])).last_hidden_state
+        via_text = reward_model.score(hidden)[0, -1, 0]
+    if abs(float(via_tokens[0]) - float(via_text)) > 1e-3:
+        raise SystemExit(
+            f"reward token path {float(via_tokens[0]):.4f} != chat-template text {float(via_text):.4f}"
+        )
+    phases.clear()
+    print(
+        f"reward self-check: token path {float(via_tokens[0]):.4f} = text {float(via_text):.4f}", flush=True
+    )
+
     history: list[dict] = []
 
     class Record(transformers.TrainerCallback):
@@ -211,9 +233,6 @@ def main() -> None:
     trainer.train()
     train_seconds = time.perf_counter() - started
 
-    merged = trainer.model.policy.merge_and_unload()
-    merged.save_pretrained(out / "policy", safe_serialization=True)
-    tokenizer.save_pretrained(out / "policy")
     samples = rollout * settings["iterations"]
     result = {
         "trainer": f"trl {trl.__version__} PPOTrainer",
@@ -231,7 +250,16 @@ def main() -> None:
         "log_history": history,
         "policy": str(out / "policy"),
     }
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "result.json").write_text(
+        json.dumps(result, indent=2) + "\n"
+    )  # before saving: the timings are kept
+
+    merged = trainer.model.policy.merge_and_unload()
+    merged._hf_peft_config_loaded = (
+        False  # set during training; would make save_pretrained write the adapter only
+    )
+    merged.save_pretrained(out / "policy", safe_serialization=True)
+    tokenizer.save_pretrained(out / "policy")
     print(json.dumps({k: result[k] for k in ("train_seconds", "samples_per_s", "phases_s")}))
 
 
