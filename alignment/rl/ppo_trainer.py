@@ -126,6 +126,50 @@ def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+@dataclass
+class MicroBatch:
+    """Rows of a rollout without the columns that are padding in every one of them."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    query_length: int
+    """Prompt columns kept (the responses start here)."""
+    width: int
+    """Response columns kept: the longest response among these rows."""
+
+
+def micro_batch(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    query_length: int,
+    index: torch.Tensor,
+) -> MicroBatch:
+    """Rows `index` of left-padded prompts + right-padded responses, cut to the columns some row uses.
+
+    Attention and positions of every real token are unchanged (padding is masked and positions come from the
+    full mask), so the outputs at kept positions are those of the full-width pass; each forward and backward
+    costs in proportion to the columns it keeps. Passes over rows of similar lengths keep the fewest.
+    """
+    mask = attention_mask[index]
+    all_pad = (mask[:, :query_length] == 0).all(dim=0)
+    lead = min(int(all_pad.int().cumprod(dim=0).sum()), query_length - 1)
+    width = max(1, int(mask[:, query_length:].sum(dim=1).max()))
+    end = query_length + width
+    return MicroBatch(
+        input_ids=input_ids[index][:, lead:end],
+        attention_mask=mask[:, lead:end],
+        position_ids=position_ids[index][:, lead:end],
+        query_length=query_length - lead,
+        width=width,
+    )
+
+
+def _pad_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     from trl.trainer.utils import entropy_from_logits as trl_entropy
 
@@ -299,23 +343,31 @@ class PPOTrainer:
         batch: dict[str, torch.Tensor],
         query_length: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Response log-probs (and values when `forward` gives them) in micro-batches; `forward` returns the logits
-        of the last `keep` positions (those that predict the response tokens, plus the last)."""
-        logprobs, values = [], []
+        """Response log-probs (and values when `forward` gives them), full width, in micro-batches of rows sorted
+        by length and cut to their own longest response (`micro_batch`); `forward` returns the logits of the
+        last `keep` positions (those that predict the response tokens, plus the last)."""
+        rows, width = batch["input_ids"].shape[0], batch["input_ids"].shape[1] - query_length
+        order = torch.argsort(batch["attention_mask"].sum(dim=1), stable=True)
+        logprobs = torch.zeros(rows, width, device=batch["input_ids"].device)
+        values: torch.Tensor | None = None
         size = self.args.per_device_train_batch_size
-        response = batch["input_ids"][:, query_length:]
-        for start in range(0, response.shape[0], size):
-            part = slice(start, start + size)
-            logits, value = forward(
-                batch["input_ids"][part],
-                batch["attention_mask"][part],
-                batch["position_ids"][part],
-                keep=response.shape[1] + 1,
+        for start in range(0, rows, size):
+            index = order[start : start + size]
+            part = micro_batch(
+                batch["input_ids"], batch["attention_mask"], batch["position_ids"], query_length, index
             )
-            logprobs.append(gather_response_logprobs(logits[:, :-1], response[part], self.args.temperature))
+            logits, value = forward(
+                part.input_ids, part.attention_mask, part.position_ids, keep=part.width + 1
+            )
+            response = part.input_ids[:, part.query_length :]
+            logprobs[index] = _pad_columns(
+                gather_response_logprobs(logits[:, :-1], response, self.args.temperature), width
+            )
             if value is not None:
-                values.append(value[:, query_length - 1 : -1].float())
-        return torch.cat(logprobs), (torch.cat(values) if values else None)
+                if values is None:
+                    values = torch.zeros(rows, width, device=logprobs.device)
+                values[index] = _pad_columns(value[:, part.query_length - 1 : -1].float(), width)
+        return logprobs, values
 
     # Each forward returns the logits of the last response_length + 1 positions only: the LM head over the prompt
     # positions (a 576 x 49k matmul per token for SmolLM2) would be computed and thrown away.
@@ -472,7 +524,6 @@ class PPOTrainer:
         args, plan = self.args, self.plan
         assert rollout.advantages is not None and rollout.returns is not None
         q = rollout.query_length
-        response = rollout.input_ids[:, q:]
         self.model.train()
         sums: dict[str, float] = {}
         count = 0
@@ -481,22 +532,34 @@ class PPOTrainer:
             order = torch.randperm(plan.rollout_batch_size, generator=generator)
             for start in range(0, plan.rollout_batch_size, plan.micro_batch_size):
                 index = order[start : start + plan.micro_batch_size].to(rollout.input_ids.device)
-                mask = rollout.mask[index]
+                part = micro_batch(rollout.input_ids, rollout.attention_mask, rollout.position_ids, q, index)
+                cut = slice(0, part.width)  # response columns past every row's end carry mask 0
+                mask = rollout.mask[index][:, cut]
                 with self.accelerator.accumulate(self.model):
                     logits, values = self.model(
-                        rollout.input_ids[index],
-                        rollout.attention_mask[index],
-                        rollout.position_ids[index],
-                        logits_to_keep=response.shape[1] + 1,
+                        part.input_ids,
+                        part.attention_mask,
+                        part.position_ids,
+                        logits_to_keep=part.width + 1,
                     )
                     logits = logits[:, :-1]
-                    logprobs = gather_response_logprobs(logits, response[index], args.temperature)
-                    values = values[:, q - 1 : -1].float()
+                    logprobs = gather_response_logprobs(
+                        logits, part.input_ids[:, part.query_length :], args.temperature
+                    )
+                    values = values[:, part.query_length - 1 : -1].float()
                     pg = pm.policy_loss(
-                        logprobs, rollout.logprobs[index], rollout.advantages[index], mask, args.cliprange
+                        logprobs,
+                        rollout.logprobs[index][:, cut],
+                        rollout.advantages[index][:, cut],
+                        mask,
+                        args.cliprange,
                     )
                     vf_loss, vf_clipfrac = pm.value_loss(
-                        values, rollout.values[index], rollout.returns[index], mask, args.cliprange_value
+                        values,
+                        rollout.values[index][:, cut],
+                        rollout.returns[index][:, cut],
+                        mask,
+                        args.cliprange_value,
                     )
                     loss = pg.loss + args.vf_coef * vf_loss
                     self.accelerator.backward(loss)
