@@ -176,12 +176,27 @@ def sampled_kl(
 
 
 def gold_score_policy(
-    policy: str | Path, rows: Sequence[dict[str, Any]], max_new_tokens: int = 64, batch_size: int = 16
+    policy: str | Path,
+    rows: Sequence[dict[str, Any]],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+    samples_per_prompt: int = 1,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Mean gold score (reward_models.rules) of a policy artifact's greedy answers to prompt rows with `gold`."""
+    """Mean gold score (reward_models.rules) of a policy artifact's answers to prompt rows with `gold`: greedy by
+    default, or `samples_per_prompt` samples per prompt at `temperature` (seeded), the expected score of the
+    policy as it samples."""
     from reward_models.rules import score_gold
 
+    if samples_per_prompt > 1 and not temperature:
+        raise ValueError(
+            "samples_per_prompt > 1 needs a sampling temperature (greedy answers are all the same)"
+        )
     model, tokenizer = load_artifact_for_inference(policy)
-    completions = generate(model, tokenizer, [row["prompt"] for row in rows], max_new_tokens, batch_size)
-    scores = [score_gold(row["gold"], text) for row, text in zip(rows, completions, strict=True)]
+    repeated = [row for row in rows for _ in range(samples_per_prompt)]
+    completions = generate(
+        model, tokenizer, [row["prompt"] for row in repeated], max_new_tokens, batch_size, temperature, seed
+    )
+    scores = [score_gold(row["gold"], text) for row, text in zip(repeated, completions, strict=True)]
     return {"mean": sum(scores) / len(scores), "n": len(scores), "scores": scores, "completions": completions}
