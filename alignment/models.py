@@ -342,5 +342,13 @@ def load_artifact_for_inference(path: str | Path, dtype: torch.dtype = torch.flo
 
         model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, output_loading_info=True
+        )
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise ValueError(
+                f"{path}: the weights file lacks {len(missing)} of the model's tensors (e.g. {missing[:3]}); they "
+                "would be random. Was it saved under another module's names (a PEFT or DeepSpeed wrapper)?"
+            )
     return model.eval(), tokenizer

@@ -254,11 +254,21 @@ def main() -> None:
         json.dumps(result, indent=2) + "\n"
     )  # before saving: the timings are kept
 
+    # The merged weights under the plain model's names. After TRL's training, save_pretrained on the merged model
+    # writes the adapter only (transformers' adapter flag is set), and with the flag cleared it writes keys
+    # prefixed `base_model.model.` that a fresh AutoModelForCausalLM does not recognise (all its weights random).
+    from safetensors.torch import save_file
+
     merged = trainer.model.policy.merge_and_unload()
-    merged._hf_peft_config_loaded = (
-        False  # set during training; would make save_pretrained write the adapter only
-    )
-    merged.save_pretrained(out / "policy", safe_serialization=True)
+    state = {
+        k.removeprefix("base_model.model."): v.detach().contiguous() for k, v in merged.state_dict().items()
+    }
+    if policy.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    (out / "policy").mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "policy" / "model.safetensors"), metadata={"format": "pt"})
+    policy.config.save_pretrained(out / "policy")
+    policy.generation_config.save_pretrained(out / "policy")
     tokenizer.save_pretrained(out / "policy")
     print(json.dumps({k: result[k] for k in ("train_seconds", "samples_per_s", "phases_s")}))
 
