@@ -78,17 +78,16 @@ def _response_logprobs(
     model: Any, sequences: torch.Tensor, attention_mask: torch.Tensor, query_length: int, temperature: float
 ) -> torch.Tensor:
     """log p(token) of every response position (batch, response_length), logits divided by `temperature`."""
-    from trl.trainer.utils import selective_log_softmax
+    from alignment.rl.ppo_math import gather_response_logprobs, position_ids_from
 
     response = sequences[:, query_length:]
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     logits = model(
         input_ids=sequences,
         attention_mask=attention_mask,
-        position_ids=position_ids,
+        position_ids=position_ids_from(attention_mask),
         logits_to_keep=response.shape[1] + 1,  # the positions that predict response tokens (and the last)
     ).logits
-    return selective_log_softmax(logits[:, :-1].float(), response, temperature=temperature)
+    return gather_response_logprobs(logits[:, :-1], response, temperature)
 
 
 @torch.no_grad()

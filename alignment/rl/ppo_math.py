@@ -280,3 +280,17 @@ def plan_batches(
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generate() uses them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def gather_response_logprobs(
+    logits: torch.Tensor, response: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """log pi(token) of each response token from the logits that predicted it, at the sampling temperature."""
+    from trl.trainer.utils import selective_log_softmax
+
+    return selective_log_softmax(logits.float(), response, temperature=temperature)

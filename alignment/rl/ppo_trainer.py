@@ -38,6 +38,7 @@ from torch import nn
 
 from alignment import artifacts
 from alignment.rl import ppo_math as pm
+from alignment.rl.ppo_math import gather_response_logprobs, position_ids_from
 
 logger = logging.getLogger("alignment.ppo")
 
@@ -121,11 +122,6 @@ class TrainerState:
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as generate() uses them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
 @dataclass
 class MicroBatch:
     """Rows of a rollout without the columns that are padding in every one of them."""
@@ -174,15 +170,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     from trl.trainer.utils import entropy_from_logits as trl_entropy
 
     return trl_entropy(logits)
-
-
-def gather_response_logprobs(
-    logits: torch.Tensor, response: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """log pi(token) of each response token from the logits that predicted it, at the sampling temperature."""
-    from trl.trainer.utils import selective_log_softmax
-
-    return selective_log_softmax(logits.float(), response, temperature=temperature)
 
 
 class PPOTrainer:
