@@ -122,6 +122,22 @@ def plan(pipeline: PipelineConfig, resolved: Path, from_stage: str | None = None
     return plans
 
 
+def stage_error_lines(tail: list[str], limit: int = 15) -> list[str]:
+    """The last lines of a failed stage's log, without the launcher's own traceback.
+
+    `accelerate launch` answers a failed child with a traceback of its own that ends in
+    `subprocess.CalledProcessError`; it says nothing the user needs and would push the stage's error out of view.
+    """
+    lines = list(tail)
+    if lines and "CalledProcessError" in lines[-1]:
+        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+        if starts:
+            lines = lines[: starts[-1]]
+            while lines and (not lines[-1].strip() or lines[-1].startswith("The above exception")):
+                lines.pop()
+    return lines[-limit:]
+
+
 def _run_stage(step: StagePlan, env: dict[str, str], console: Any) -> int:
     """Run one stage, its output to its log file, showing the latest progress line on the console."""
     step.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +218,7 @@ def run(
                 console.print(
                     f"[red]{prefix} failed[/red] (exit {code}) after {step.seconds:.0f} s. Last lines:"
                 )
-                for line in getattr(step, "tail", [])[-15:]:
+                for line in stage_error_lines(getattr(step, "tail", [])):
                     console.print("    " + line, markup=False, highlight=False)
                 console.print(f"log: {step.log_path}")
                 console.print("re-run this stage alone:\n    " + shlex.join(step.command), markup=False)
