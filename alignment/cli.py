@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--format", default="auto")
     score.add_argument("--out", required=True, help="output JSONL: each input row plus `score`")
     score.add_argument("--batch-size", type=int, default=16)
+
+    from alignment.service.cli import add_commands as add_service_commands
+
+    add_service_commands(commands)
     return parser
 
 
@@ -130,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             return rm_check([a for i, a in enumerate(args.rest) if not (i == 0 and a == "--")])
         if args.command == "score":
             return _score(args)
+        from alignment.service.cli import COMMANDS as SERVICE_COMMANDS
+
+        if args.command in SERVICE_COMMANDS:
+            from alignment.service.cli import run as run_service
+
+            return run_service(args)
     except (ValueError, RuntimeError) as error:  # ConfigError, DataError, ArtifactError: user-facing
         from alignment.artifacts import ArtifactError
         from alignment.config import ConfigError
