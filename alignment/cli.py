@@ -7,6 +7,9 @@
     alignment data check --source FILE --kind preference
     alignment rm-check --rm runs/x/reward --data pairs.jsonl
     alignment score --rm rule:tasks --data prompts.jsonl --out scores.jsonl
+    alignment eval --policy runs/x/dpo --prompts builtin:tasks --prompts-option split=test --reference runs/x/sft \
+        --rm runs/x/reward --gold rule:tasks
+    alignment compare configs/compare/quickstart.yaml [key=value ...] [--dry-run]
 
 A stage run here is a single process; for several processes use
 `accelerate launch --config_file configs/accelerate/<dist>.yaml -m alignment.stages.<stage> --config ...`.
@@ -94,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", required=True, help="output JSONL: each input row plus `score`")
     score.add_argument("--batch-size", type=int, default=16)
 
+    from alignment.evaluate import add_arguments as add_eval_arguments
+
+    add_eval_arguments(
+        commands.add_parser(
+            "eval",
+            help="generate on held-out prompts and report RM score, gold score, KL, win rates (95% CIs)",
+        )
+    )
+    compare = commands.add_parser(
+        "compare",
+        help="train SFT and the RM once, then every arm of a comparison, evaluate all, write report.md",
+    )
+    compare.add_argument("config", help="comparison YAML (configs/compare/*.yaml)")
+    compare.add_argument("overrides", nargs="*", help="key=value overrides of the comparison config")
+    compare.add_argument(
+        "--dry-run", action="store_true", help="print the arms and the commands, run nothing"
+    )
+
     from alignment.service.cli import add_commands as add_service_commands
 
     add_service_commands(commands)
@@ -134,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
             return rm_check([a for i, a in enumerate(args.rest) if not (i == 0 and a == "--")])
         if args.command == "score":
             return _score(args)
+        if args.command == "eval":
+            from alignment.evaluate import main as run_eval
+
+            return run_eval(args)
+        if args.command == "compare":
+            from alignment.compare import run as run_compare
+
+            return run_compare(args.config, args.overrides, args.dry_run)
         from alignment.service.cli import COMMANDS as SERVICE_COMMANDS
 
         if args.command in SERVICE_COMMANDS:
@@ -144,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         from alignment.artifacts import ArtifactError
         from alignment.config import ConfigError
         from alignment.data import DataError
+        from alignment.evaluate import EvalError
 
-        if isinstance(error, (ConfigError, DataError, ArtifactError)):
+        if isinstance(error, (ConfigError, DataError, ArtifactError, EvalError)):
             print(f"error: {error}", file=sys.stderr)
             return 2
         raise

@@ -1,15 +1,30 @@
-"""Generation on held-out prompts and gold scoring: how much did a policy improve on the verifiable tasks?
+"""Evaluation of a policy on held-out prompts: `alignment eval`, and what the pipeline and `alignment compare` use.
 
-This is the evaluation the pipeline prints at the end of a run (gold task score of the SFT and the final policy
-on the same held-out prompts, greedy decoding), and the KL of a policy to its reference estimated on the policy's
-own samples (`sampled_kl`, the same estimator for every algorithm). The full `alignment eval` (RM scores, win
-rates) builds on the same functions.
+    alignment eval --policy runs/quickstart/dpo --prompts builtin:tasks --prompts-option split=test \
+        --reference runs/quickstart/sft --rm runs/quickstart/reward --gold rule:tasks
+
+Responses are generated with one recorded, seeded decoding config (`Decoding`); on those same responses it reports,
+each with a 95% confidence interval (normal approximation over samples): the mean proxy-RM score, the mean gold
+score, KL(policy || reference) estimated on the policy's own samples (per sequence, the sum over response tokens of
+log policy - log reference, both at the sampling temperature: the k1 estimator, the same for every algorithm),
+response length, EOS rate, distinct-n, and the win rate against the reference's responses to the same prompts
+(paired sample by sample, ties counted apart) judged by the RM and by the gold reward. Writes `eval.json`,
+`samples.jsonl` and a W&B table of samples.
+
+Best-of-n (`best_of`): n samples of the policy per prompt, the one the RM ranks highest is the response. Its KL to
+the policy it samples from is not estimable from samples (the selection has no tractable log-probability); the
+report gives the analytic value log n - (n - 1) / n (Stiennon et al. 2020, an upper bound: Beirami et al. 2024).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,58 +35,38 @@ from alignment.models import load_artifact_for_inference
 logger = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[dict[str, str]]],
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    temperature: float = 0.0,
-    seed: int = 0,
-) -> list[str]:
-    """Completions (special tokens stripped) for chat prompts; greedy when temperature is 0."""
-    tokenizer.padding_side = "left"  # generation appends on the right
-    torch.manual_seed(seed)
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in index], return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        batch = batch.to(model.device)
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-            if temperature
-            else {"do_sample": False}
-        )
-        generated = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **sampling,
-        )
-        decoded = tokenizer.batch_decode(
-            generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-        for i, text in zip(index, decoded, strict=True):
-            out[i] = text.strip()
-    return out
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked; the message says which option and what to do."""
 
 
-def mean_and_half_width(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95% half-width (normal approximation, 1.96 standard errors; NaN for fewer than 2 values)."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("no values to average")
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, 1.96 * (variance / n) ** 0.5
+@dataclass
+class Decoding:
+    """How responses are generated; recorded with every result so that a figure can be reproduced."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    """0 is greedy. KL to the reference is estimated only on sampled responses (temperature > 0), with both
+    models' logits divided by this temperature. No top-k / top-p: samples come from the policy itself."""
+    samples_per_prompt: int = 1
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class Samples:
+    """Responses of one policy, one per (prompt, sample) in prompt order."""
+
+    prompt_index: list[int]
+    completions: list[str]
+    response_ids: list[list[int]]
+    """Response tokens through the first EOS."""
+    ended: list[bool]
+    kl: list[float] | None = None
+    """Per sample: sum over response tokens of log policy - log reference (None without a reference)."""
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.response_ids]
 
 
 def _response_logprobs(
@@ -91,6 +86,92 @@ def _response_logprobs(
 
 
 @torch.no_grad()
+def sample(
+    policy: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    decoding: Decoding,
+    reference: Any = None,
+    progress: Any = None,
+) -> Samples:
+    """`decoding.samples_per_prompt` responses per chat prompt, seeded, batched by prompt length; with `reference`,
+    also each sample's log-ratio to it. The global RNG state is left as it was. `progress(n)` is called per batch."""
+    from alignment.rl.ppo_math import response_mask
+
+    if reference is not None and not decoding.temperature:
+        raise ValueError(
+            "KL to the reference is estimated on sampled responses; greedy decoding (temperature 0) gives none. "
+            "Set a temperature (1.0: the policy's own distribution)"
+        )
+    tokenizer.padding_side = "left"  # generation appends on the right
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    index = [i for i in range(len(texts)) for _ in range(decoding.samples_per_prompt)]
+    order = sorted(range(len(index)), key=lambda k: len(texts[index[k]]))  # less padding per batch
+    completions: list[str] = [""] * len(index)
+    response_ids: list[list[int]] = [[] for _ in index]
+    ended: list[bool] = [False] * len(index)
+    kl: list[float] = [0.0] * len(index)
+    sampling = (
+        {"do_sample": True, "temperature": decoding.temperature, "top_k": 0, "top_p": 1.0}
+        if decoding.temperature
+        else {"do_sample": False}
+    )
+    rng_state = torch.random.get_rng_state()
+    torch.manual_seed(decoding.seed)
+    try:
+        for start in range(0, len(order), decoding.batch_size):
+            chunk = order[start : start + decoding.batch_size]
+            batch = tokenizer(
+                [texts[index[k]] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(policy.device)
+            query_length = batch["input_ids"].shape[1]
+            sequences = policy.generate(
+                **batch,
+                max_new_tokens=decoding.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **sampling,
+            )
+            response = sequences[:, query_length:]  # (B, T)
+            mask, has_eos = response_mask(response, tokenizer.eos_token_id)
+            response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
+            if reference is not None:
+                sequences = torch.cat([sequences[:, :query_length], response], dim=1)
+                attention_mask = torch.cat([batch["attention_mask"], mask.long()], dim=1)
+                log_ratio = _response_logprobs(
+                    policy, sequences, attention_mask, query_length, decoding.temperature
+                ) - _response_logprobs(
+                    reference, sequences, attention_mask, query_length, decoding.temperature
+                )
+                for k, value in zip(chunk, (log_ratio * mask).sum(dim=1).tolist(), strict=True):
+                    kl[k] = value
+            without_eos = torch.where(response == tokenizer.eos_token_id, tokenizer.pad_token_id, response)
+            decoded = tokenizer.batch_decode(without_eos, skip_special_tokens=True)
+            for row, k in enumerate(chunk):
+                completions[k] = decoded[row].strip()
+                response_ids[k] = response[row, : int(mask[row].sum())].tolist()
+                ended[k] = bool(has_eos[row])
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        torch.random.set_rng_state(rng_state)
+    return Samples(index, completions, response_ids, ended, kl if reference is not None else None)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[str]:
+    """Completions (special tokens stripped) for chat prompts; greedy when temperature is 0."""
+    decoding = Decoding(max_new_tokens, temperature, 1, seed, batch_size)
+    return sample(model, tokenizer, prompts, decoding).completions
+
+
 def sampled_kl(
     policy: Any,
     reference: Any,
@@ -102,76 +183,210 @@ def sampled_kl(
     temperature: float = 1.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """KL(policy || reference) per sequence, estimated on the policy's own samples.
-
-    For each sample y ~ policy(. | x) (temperature `temperature`, no top-k/top-p): the sum over its response tokens
-    (through the first EOS) of log policy(y_t) - log reference(y_t), both models' logits divided by the same
-    temperature (1: the models' own distributions). Its mean over samples is an unbiased estimate of the
-    sequence-level KL (the k1 estimator); single samples can be negative. The same estimator serves every
-    algorithm, so PPO, DPO and GRPO policies are compared on one scale. `response_ids` holds each sample's
-    tokens through its EOS.
-    """
-    from alignment.rl.ppo_math import response_mask
-
-    tokenizer.padding_side = "left"
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    texts = [t for t in texts for _ in range(samples_per_prompt)]
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    per_sample: list[float] = []
-    lengths: list[int] = []
-    ended_flags: list[bool] = []
-    completions: list[str] = []
-    response_ids: list[list[int]] = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(policy.device)
-            query_length = batch["input_ids"].shape[1]
-            sequences = policy.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            response = sequences[:, query_length:]
-            mask, ended = response_mask(response, tokenizer.eos_token_id)
-            response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
-            sequences = torch.cat([sequences[:, :query_length], response], dim=1)
-            attention_mask = torch.cat([batch["attention_mask"], mask.long()], dim=1)
-            log_ratio = _response_logprobs(
-                policy, sequences, attention_mask, query_length, temperature
-            ) - _response_logprobs(reference, sequences, attention_mask, query_length, temperature)
-            per_sample.extend((log_ratio * mask).sum(dim=1).tolist())
-            response_ids.extend(
-                row[: int(n)].tolist() for row, n in zip(response, mask.sum(dim=1), strict=True)
-            )
-            lengths.extend(mask.sum(dim=1).long().tolist())
-            ended_flags.extend(ended.tolist())
-            without_eos = torch.where(response == tokenizer.eos_token_id, tokenizer.pad_token_id, response)
-            completions.extend(
-                t.strip() for t in tokenizer.batch_decode(without_eos, skip_special_tokens=True)
-            )
-    finally:
-        torch.random.set_rng_state(generator_state)
-    mean, half_width = mean_and_half_width(per_sample)
+    """KL(policy || reference) per sequence on the policy's own samples (see the module docstring), with the
+    samples' length, EOS rate, completions and token ids."""
+    decoding = Decoding(max_new_tokens, temperature, samples_per_prompt, seed, batch_size)
+    samples = sample(policy, tokenizer, prompts, decoding, reference=reference)
+    assert samples.kl is not None
+    mean, half_width = mean_and_half_width(samples.kl)
     return {
         "mean": mean,
         "ci95_half_width": half_width,
-        "n": len(per_sample),
-        "per_sample": per_sample,
-        "mean_length": sum(lengths) / len(lengths),
-        "eos_rate": sum(ended_flags) / len(ended_flags),
-        "completions": completions,
-        "response_ids": response_ids,
+        "n": len(samples.kl),
+        "per_sample": samples.kl,
+        "mean_length": sum(samples.lengths) / len(samples.lengths),
+        "eos_rate": sum(samples.ended) / len(samples.ended),
+        "completions": samples.completions,
+        "response_ids": samples.response_ids,
         "temperature": temperature,
         "seed": seed,
     }
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def mean_and_half_width(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95% half-width (normal approximation, 1.96 standard errors; NaN for fewer than 2 values)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to average")
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, 1.96 * (variance / n) ** 0.5
+
+
+def summary(values: Sequence[float]) -> dict[str, float | int]:
+    mean, half_width = mean_and_half_width(values)
+    return {"mean": mean, "ci95_half_width": half_width, "n": len(values)}
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of all responses (whitespace words; the same for every tokenizer)."""
+    grams = [
+        tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def win_rate(scores: Sequence[float], reference_scores: Sequence[float], tie_tolerance: float = 1e-6) -> dict:
+    """Paired comparison: the share of samples whose score beats the reference's on the same prompt, ties apart.
+
+    `win_rate` counts wins over all pairs (ties lose nothing and win nothing); its CI is the normal interval of a
+    proportion. `win_rate_excluding_ties` is wins / (wins + losses)."""
+    if len(scores) != len(reference_scores) or not scores:
+        raise ValueError("win rate needs as many reference scores as scores, and at least one")
+    wins = sum(s > r + tie_tolerance for s, r in zip(scores, reference_scores, strict=True))
+    losses = sum(r > s + tie_tolerance for s, r in zip(scores, reference_scores, strict=True))
+    ties = len(scores) - wins - losses
+    n = len(scores)
+    rate = wins / n
+    return {
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
+        "n": n,
+        "win_rate": rate,
+        "tie_rate": ties / n,
+        "ci95_half_width": 1.96 * math.sqrt(rate * (1 - rate) / n),
+        "win_rate_excluding_ties": wins / (wins + losses) if wins + losses else float("nan"),
+    }
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL of best-of-n sampling to the sampled policy: log n - (n - 1) / n."""
+    return math.log(n) - (n - 1) / n
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def _scores(reward: Any, rows: Sequence[dict[str, Any]], samples: Samples) -> list[float]:
+    prompts = [rows[i]["prompt"] for i in samples.prompt_index]
+    golds = [rows[i].get("gold") for i in samples.prompt_index]
+    return reward.score(prompts, samples.completions, golds if all(golds) else None).tolist()
+
+
+def _select(samples: Samples, keep: list[int]) -> Samples:
+    return Samples(
+        [samples.prompt_index[k] for k in keep],
+        [samples.completions[k] for k in keep],
+        [samples.response_ids[k] for k in keep],
+        [samples.ended[k] for k in keep],
+        None if samples.kl is None else [samples.kl[k] for k in keep],
+    )
+
+
+def _policy_metrics(samples: Samples, rm_scores: list[float] | None, gold_scores: list[float] | None) -> dict:
+    metrics: dict[str, Any] = {
+        "length": summary([float(n) for n in samples.lengths]),
+        "eos_rate": sum(samples.ended) / len(samples.ended),
+        "distinct_1": distinct_n(samples.completions, 1),
+        "distinct_2": distinct_n(samples.completions, 2),
+    }
+    if rm_scores is not None:
+        metrics["rm_score"] = summary(rm_scores)
+    if gold_scores is not None:
+        metrics["gold"] = summary(gold_scores)
+    if samples.kl is not None:
+        metrics["kl"] = {**summary(samples.kl), "estimator": "sampled: sum of token log-ratios (k1)"}
+    return metrics
+
+
+@dataclass
+class Scored:
+    """One policy's samples with their scores; what win rates are computed against."""
+
+    samples: Samples
+    rm_scores: list[float] | None
+    gold_scores: list[float] | None
+
+
+def evaluate(
+    policy: str | Path,
+    rows: Sequence[dict[str, Any]],
+    decoding: Decoding,
+    reference: str | Path | None = None,
+    rm: Any = None,
+    gold: Any = None,
+    reference_scored: Scored | None = None,
+    best_of: int = 1,
+    progress: Any = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], Scored]:
+    """Metrics, per-sample records and the scored samples of `policy` on prompt `rows` (see the module docstring).
+
+    `rm` and `gold` are reward_models objects (or None); `reference_scored` reuses the reference's scored samples
+    (same rows and decoding) instead of generating them again. With `best_of` > 1, each response is the RM's
+    choice among `best_of` samples of the policy (needs `rm`)."""
+    if best_of > 1 and rm is None:
+        raise EvalError("best-of-n needs a reward model to rank the samples (--rm)")
+    model, tokenizer = load_artifact_for_inference(policy)
+    reference_model = None
+    if reference is not None:
+        reference_model, reference_tokenizer = load_artifact_for_inference(reference)
+        if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise EvalError(
+                f"policy {policy} and reference {reference} have different tokenizers: the KL between them is "
+                "not defined token by token. Use the policy's own SFT artifact as the reference"
+            )
+    prompts = [row["prompt"] for row in rows]
+    if best_of > 1:
+        wide = dataclasses.replace(decoding, samples_per_prompt=decoding.samples_per_prompt * best_of)
+        candidates = sample(model, tokenizer, prompts, wide, progress=progress)
+        candidate_rm = _scores(rm, rows, candidates)
+        keep = [  # per prompt and draw, the best of its `best_of` consecutive candidates
+            max(range(start, start + best_of), key=lambda k: candidate_rm[k])
+            for start in range(0, len(candidate_rm), best_of)
+        ]
+        samples = _select(candidates, keep)
+        rm_scores: list[float] | None = [candidate_rm[k] for k in keep]
+    else:
+        kl_reference = reference_model if decoding.temperature else None
+        samples = sample(model, tokenizer, prompts, decoding, reference=kl_reference, progress=progress)
+        rm_scores = _scores(rm, rows, samples) if rm is not None else None
+    gold_scores = _scores(gold, rows, samples) if gold is not None else None
+    metrics = _policy_metrics(samples, rm_scores, gold_scores)
+    if best_of > 1:
+        metrics["kl"] = {"mean": best_of_n_kl(best_of), "ci95_half_width": 0.0, "n": len(samples.completions)}
+        metrics["kl"]["estimator"] = f"analytic best-of-{best_of}: log n - (n - 1) / n"
+    elif reference is not None and not decoding.temperature:
+        metrics["kl"] = None  # greedy responses are no samples of the policy; see Decoding.temperature
+    scored = Scored(samples, rm_scores, gold_scores)
+    if reference_model is not None and reference_scored is None:
+        reference_samples = sample(reference_model, tokenizer, prompts, decoding, progress=progress)
+        reference_scored = Scored(
+            reference_samples,
+            _scores(rm, rows, reference_samples) if rm is not None else None,
+            _scores(gold, rows, reference_samples) if gold is not None else None,
+        )
+    records = [
+        {
+            "prompt_index": i,
+            "prompt": rows[i]["prompt"],
+            "completion": samples.completions[k],
+            "length": samples.lengths[k],
+            "ended": samples.ended[k],
+            **({"rm_score": rm_scores[k]} if rm_scores is not None else {}),
+            **({"gold_score": gold_scores[k]} if gold_scores is not None else {}),
+            **({"kl": samples.kl[k]} if samples.kl is not None else {}),
+        }
+        for k, i in enumerate(samples.prompt_index)
+    ]
+    if reference_scored is not None:
+        if reference_scored.samples.prompt_index != samples.prompt_index:
+            raise ValueError(
+                "the reference's samples answer other prompts than the policy's (rows or decoding differ)"
+            )
+        metrics["reference"] = _policy_metrics(
+            reference_scored.samples, reference_scored.rm_scores, reference_scored.gold_scores
+        )
+        for name, own, theirs in (
+            ("win_rate_rm", rm_scores, reference_scored.rm_scores),
+            ("win_rate_gold", gold_scores, reference_scored.gold_scores),
+        ):
+            if own is not None and theirs is not None:
+                metrics[name] = win_rate(own, theirs)
+        for record, k in zip(records, range(len(records)), strict=True):
+            record["reference_completion"] = reference_scored.samples.completions[k]
+    return metrics, records, scored
 
 
 def gold_score_policy(
@@ -193,9 +408,157 @@ def gold_score_policy(
             "samples_per_prompt > 1 needs a sampling temperature (greedy answers are all the same)"
         )
     model, tokenizer = load_artifact_for_inference(policy)
-    repeated = [row for row in rows for _ in range(samples_per_prompt)]
-    completions = generate(
-        model, tokenizer, [row["prompt"] for row in repeated], max_new_tokens, batch_size, temperature, seed
-    )
-    scores = [score_gold(row["gold"], text) for row, text in zip(repeated, completions, strict=True)]
+    decoding = Decoding(max_new_tokens, temperature, samples_per_prompt, seed, batch_size)
+    samples = sample(model, tokenizer, [row["prompt"] for row in rows], decoding)
+    completions = samples.completions
+    scores = [
+        score_gold(rows[i]["gold"], text) for i, text in zip(samples.prompt_index, completions, strict=True)
+    ]
     return {"mean": sum(scores) / len(scores), "n": len(scores), "scores": scores, "completions": completions}
+
+
+# ----------------------------------------------------------------------------------------------------- the CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", required=True, help="policy artifact directory (a stage's output)")
+    parser.add_argument(
+        "--prompts", required=True, help="prompt source: a file, a dataset folder, builtin:tasks"
+    )
+    parser.add_argument(
+        "--prompts-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a field of the prompt source's data config, e.g. split=test, seed=1234, task_count=64 (repeatable)",
+    )
+    parser.add_argument(
+        "--reference", help="reference artifact (the SFT policy): KL and win rates against it"
+    )
+    parser.add_argument("--rm", help="proxy reward: RM artifact dir, rule:..., or mix:w*spec+w*spec")
+    parser.add_argument("--gold", help="gold reward: rule:tasks or rule:gsm8k (prompts need a `gold` field)")
+    parser.add_argument("--best-of", type=int, default=1, help="best-of-n: the RM picks 1 of n samples")
+    parser.add_argument("--out", help="output directory (default: runs/eval/<policy dir name>)")
+    parser.add_argument("--limit", type=int, help="evaluate the first N prompts only")
+    for field in dataclasses.fields(Decoding):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default
+        )
+    parser.add_argument("--tracking", default="auto", choices=["auto", "online", "offline", "disabled"])
+    parser.add_argument("--wandb-project", default="alignment")
+    parser.add_argument("--wandb-group", help="W&B group (default: none)")
+
+
+def load_prompt_rows(source: str, options: Sequence[str], limit: int | None = None) -> tuple[Any, list[dict]]:
+    """Prompt rows of a source, with `key=value` data-config options; (the data config, the rows)."""
+    from alignment.config import coerce, parse_overrides
+    from alignment.data import DataConfig, load_checked
+
+    config = coerce(DataConfig, {"source": source, **parse_overrides(list(options))}, "--prompts-option", "")
+    rows = load_checked(config, "prompt").rows
+    if not rows:
+        raise EvalError(f"{source}: no prompts")
+    return config, rows[:limit] if limit else rows
+
+
+def load_reward(spec: str | None, option: str = "--rm") -> Any:
+    import reward_models
+
+    try:
+        return reward_models.load(spec) if spec else None
+    except ValueError as error:
+        raise EvalError(f"{option} {spec}: {error}") from error
+
+
+def write_results(out: Path, result: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    from alignment.artifacts import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl.tmp", "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    (out / "samples.jsonl.tmp").replace(out / "samples.jsonl")
+    write_json_atomic(out / "eval.json", result)
+
+
+def main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from alignment.tracking import log_results
+
+    console = Console(soft_wrap=True)
+    decoding = Decoding(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Decoding)})
+    data_config, rows = load_prompt_rows(args.prompts, args.prompts_option, args.limit)
+    if args.gold and not all(row.get("gold") for row in rows):
+        raise ValueError(
+            f"--gold {args.gold}: the prompts of {args.prompts} have no `gold` field to check against"
+        )
+    rm, gold = load_reward(args.rm), load_reward(args.gold, "--gold")
+    out = Path(args.out or Path("runs") / "eval" / Path(args.policy).resolve().name)
+    total = len(rows) * decoding.samples_per_prompt * (args.best_of + (1 if args.reference else 0))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"sampling {len(rows)} prompts", total=total)
+        metrics, records, _ = evaluate(
+            args.policy,
+            rows,
+            decoding,
+            reference=args.reference,
+            rm=rm,
+            gold=gold,
+            best_of=args.best_of,
+            progress=lambda n: progress.advance(task, n),
+        )
+    result = {
+        "policy": str(args.policy),
+        "reference": args.reference,
+        "rm": args.rm,
+        "gold": args.gold,
+        "best_of": args.best_of,
+        "prompts": dataclasses.asdict(data_config),
+        "n_prompts": len(rows),
+        "decoding": dataclasses.asdict(decoding),
+        "metrics": metrics,
+    }
+    write_results(out, result, records)
+    log_results(
+        project=args.wandb_project,
+        group=args.wandb_group,
+        job_type="eval",
+        name=f"eval-{Path(args.policy).name}",
+        directory=out,
+        config={k: v for k, v in result.items() if k != "metrics"},
+        summary=metrics,
+        tables={"samples": records},
+        mode=args.tracking,
+    )
+    console.print(metrics_table(f"{args.policy} on {len(rows)} prompts", metrics))
+    console.print(f"wrote {out / 'eval.json'} and {out / 'samples.jsonl'}")
+    return 0
+
+
+def metrics_table(title: str, metrics: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value (95% CI)")
+
+    def shown(item: dict[str, Any]) -> str:
+        half = item.get("ci95_half_width")
+        return f"{item['mean']:.4f}" + (f" ± {half:.4f}" if half is not None and not math.isnan(half) else "")
+
+    for name in ("gold", "rm_score", "kl", "length"):
+        if metrics.get(name):
+            table.add_row(
+                name, shown(metrics[name]) + (f"  ({metrics[name]['estimator']})" if name == "kl" else "")
+            )
+    table.add_row("eos_rate", f"{metrics['eos_rate']:.3f}")
+    table.add_row("distinct-1 / distinct-2", f"{metrics['distinct_1']:.3f} / {metrics['distinct_2']:.3f}")
+    for name in ("win_rate_gold", "win_rate_rm"):
+        if name in metrics:
+            w = metrics[name]
+            table.add_row(
+                f"{name} vs reference",
+                f"{w['win_rate']:.3f} ± {w['ci95_half_width']:.3f} (wins {w['wins']}, ties {w['ties']}, "
+                f"losses {w['losses']})",
+            )
+    return table

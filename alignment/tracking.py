@@ -145,3 +145,68 @@ class StageTracker:
 
 def _artifact_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:128]
+
+
+def log_results(
+    *,
+    project: str,
+    group: str | None,
+    job_type: str,
+    name: str,
+    directory: str | Path,
+    config: dict[str, Any],
+    summary: dict[str, Any],
+    tables: dict[str, list[dict[str, Any]]] | None = None,
+    images: dict[str, str | Path] | None = None,
+    mode: str = "auto",
+) -> str | None:
+    """One W&B run for an evaluation or a comparison (not a stage): summary figures, sample tables, plots.
+    Returns the run's directory, or None when tracking is disabled."""
+    mode = resolve_mode(mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(
+        project=project,
+        group=group,
+        job_type=job_type,
+        name=name,
+        config=config,
+        dir=str(directory),
+        mode=mode,
+        reinit="create_new",
+    )
+    try:
+        logged: dict[str, Any] = {}
+        for key, rows in (tables or {}).items():
+            columns = sorted({column for row in rows for column in row})
+            logged[key] = wandb.Table(
+                columns=columns,
+                data=[[_table_cell(row.get(column)) for column in columns] for row in rows],
+            )
+        for key, path in (images or {}).items():
+            logged[key] = wandb.Image(str(path))
+        if logged:
+            run.log(logged)
+        run.summary.update(_flatten(summary))
+        return str(run.dir)
+    finally:
+        run.finish()
+
+
+def _table_cell(value: Any) -> Any:
+    return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}/"))
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            flat[name] = value
+    return flat
