@@ -2,7 +2,9 @@
 
 Sources: local `.json` (a list, or an object with a `data`/`rows` list), `.jsonl` and `.jsonl.gz` files; a local
 dataset saved with `datasets.save_to_disk` or a folder of such files; a hub name (`hub:org/name` or a bare
-`org/name`) through `datasets.load_dataset` (needs network). `${VAR}` / `${VAR:-default}` expand in the source.
+`org/name`) through `datasets.load_dataset` (needs network); `service:NAME@VERSION`, an immutable snapshot
+exported by the preference-data service (alignment.service.snapshots), read from its files, never the database.
+`${VAR}` / `${VAR:-default}` expand in the source.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ def _read_dataset(dataset: Any, label: str) -> Iterator[Record]:
 def read_records(source: str, split: str | None = None, subset: str | None = None) -> Iterator[Record]:
     """Every record of a source, in order. Raises FileNotFoundError / ValueError with what to do."""
     source = expand(source)
+    if source.startswith("service:"):
+        yield from _read_service_snapshot(source)
+        return
     path = Path(source).expanduser()
     if source.startswith("hub:") or (not path.exists() and _looks_like_hub_name(source)):
         import datasets
@@ -117,6 +122,18 @@ def read_records(source: str, split: str | None = None, subset: str | None = Non
         raise FileNotFoundError(f"{path} holds no data files ({', '.join(DATA_SUFFIXES)})")
     for file in files:
         yield from read_file(file)
+
+
+def _read_service_snapshot(source: str) -> Iterator[Record]:
+    """`service:NAME@VERSION`: the snapshot's pairs.jsonl under ALIGNMENT_SERVICE_SNAPSHOTS, hash-checked."""
+    from alignment.service.snapshots import resolve_source
+
+    name, _, version = source.removeprefix("service:").partition("@")
+    if not name or not version:
+        raise ValueError(
+            f"{source}: a service source is service:NAME@VERSION (the version a snapshot returned)"
+        )
+    yield from read_file(resolve_source(name, version))
 
 
 def _looks_like_hub_name(source: str) -> bool:

@@ -1,0 +1,292 @@
+"""The HTTP API (FastAPI). OpenAPI docs at /docs and /openapi.json; every /v1 route needs a bearer token.
+
+Errors are JSON `{"error": CODE, "detail": what was wrong and what to do, ...}` with the HTTP status that fits:
+400 unreadable body (malformed JSON, invalid UTF-8), 401 missing/invalid token, 403 wrong scope, 404 unknown
+dataset / snapshot / round, 413 over a size limit (with `limit`), 422 a well-formed request that cannot be
+processed (wrong top-level shape, an idempotency key reused with another body), 429 over the rate (with
+Retry-After). Per-row problems are not request errors: they come back as per-row results with a 200.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from alignment import __version__
+from alignment.service import ingest, snapshots
+from alignment.service.auth import Principal, RateLimiter, authenticate, retry_after_header
+from alignment.service.settings import ServiceConfig
+from alignment.service.store import current_revision, datasets, open_store, pairs
+
+logger = logging.getLogger("alignment.service")
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ServiceError(Exception):
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers, extra
+
+
+class Retraction(BaseModel):
+    ids: list[int] | None = Field(None, description="pair ids to retract")
+    submitter: str | None = Field(None, description="retract every pair submitted by tokens of this name")
+
+
+def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
+    """The application over `config.db` (migrated on start)."""
+    engine = engine or open_store(config.db)
+    limiter = RateLimiter(config.limits.requests_per_second, config.limits.burst)
+    dataset_ids: dict[str, int] = {}
+    app = FastAPI(
+        title="alignment preference-data service",
+        version=__version__,
+        description="Submit preference pairs, freeze immutable snapshots, run alignment rounds.",
+    )
+    app.state.engine, app.state.config = engine, config
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
+        body = {"error": error.code, "detail": error.detail, **error.extra}
+        return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
+        return JSONResponse({"error": "invalid_request", "detail": "; ".join(problems)}, status_code=422)
+
+    def require(scope: str) -> Any:
+        def dependency(authorization: str | None = Header(None)) -> Principal:
+            if not authorization or not authorization.lower().startswith("bearer "):
+                raise ServiceError(
+                    401,
+                    "unauthenticated",
+                    "send `Authorization: Bearer <token>` (create one with `alignment tokens create`)",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            principal = authenticate(engine, authorization[7:].strip())
+            if principal is None:
+                raise ServiceError(
+                    401, "invalid_token", "the token is unknown or revoked", {"WWW-Authenticate": "Bearer"}
+                )
+            if not principal.allows(scope):
+                raise ServiceError(
+                    403, "forbidden", f"this needs a token of scope {scope!r}; yours is {principal.scope!r}"
+                )
+            wait = limiter.acquire(principal.token_id)
+            if wait > 0:
+                raise ServiceError(
+                    429,
+                    "rate_limited",
+                    f"over {config.limits.requests_per_second:g} requests/s for this token; retry later",
+                    {"Retry-After": retry_after_header(wait)},
+                    retry_after_s=round(wait, 3),
+                )
+            return principal
+
+        return Depends(dependency)
+
+    def dataset_id(name: str) -> int:
+        if name in dataset_ids:
+            return dataset_ids[name]
+        with engine.connect() as connection:
+            found = connection.execute(select(datasets.c.id).where(datasets.c.name == name)).scalar()
+        if found is None:
+            raise ServiceError(
+                404,
+                "unknown_dataset",
+                f"dataset {name!r} does not exist; create it with PUT /v1/datasets/{name}",
+            )
+        dataset_ids[name] = found
+        return found
+
+    @app.get("/v1/health", tags=["service"])
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "schema": current_revision(engine)}
+
+    @app.put("/v1/datasets/{name}", tags=["datasets"], status_code=201)
+    def create_dataset(name: str, principal: Principal = require("admin")) -> Any:
+        if not DATASET_NAME.match(name):
+            raise ServiceError(
+                422, "bad_name", "a dataset name is 1-64 of letters, digits, _ . - (first alnum)"
+            )
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    insert(datasets).values(name=name, created_at=time.time(), created_by=principal.token_id)
+                )
+        except IntegrityError:
+            return JSONResponse({"name": name, "created": False}, status_code=200)
+        return {"name": name, "created": True}
+
+    @app.get("/v1/datasets", tags=["datasets"])
+    def list_datasets(_: Principal = require("read")) -> list[dict]:
+        with engine.connect() as connection:
+            names = connection.execute(select(datasets.c.name).order_by(datasets.c.name)).scalars().all()
+        return [{"name": name} for name in names]
+
+    @app.get("/v1/datasets/{name}", tags=["datasets"])
+    def get_dataset(name: str, _: Principal = require("read")) -> dict:
+        ident = dataset_id(name)
+        with engine.connect() as connection:
+            counts = dict(
+                connection.execute(
+                    select(pairs.c.retracted_at.is_(None), func.count())
+                    .where(pairs.c.dataset_id == ident)
+                    .group_by(pairs.c.retracted_at.is_(None))
+                ).all()
+            )
+        return {
+            "name": name,
+            "accepted": counts.get(True, 0),
+            "retracted": counts.get(False, 0),
+            "snapshots": snapshots.list_snapshots(engine, ident),
+        }
+
+    @app.post("/v1/datasets/{name}/pairs", tags=["pairs"])
+    async def submit_pairs(
+        name: str,
+        request: Request,
+        principal: Principal = require("submit"),
+        idempotency_key: str | None = Header(None, max_length=200),
+    ) -> Any:
+        """Submit a batch `{"pairs": [{"prompt", "chosen", "rejected", "metadata"}, ...]}`; one result per row."""
+        body = await _read_body(request, config.limits.max_body_bytes)
+        ident = await run_in_threadpool(dataset_id, name)
+        digest = ingest.request_hash(name, body)
+        key = (idempotency_key, digest) if idempotency_key else None
+        try:
+            if key is not None:
+                earlier = await run_in_threadpool(ingest.replayed, engine, principal.token_id, *key)
+                if earlier is not None:
+                    return JSONResponse(
+                        earlier[1], status_code=earlier[0], headers={"Idempotent-Replay": "true"}
+                    )
+            items = _parse_batch(body, config.limits.max_batch_pairs)
+            checked = [ingest.check_row(index, item) for index, item in enumerate(items)]
+            status, response = await run_in_threadpool(
+                ingest.store_batch, engine, ident, name, principal.token_id, checked, key
+            )
+            if response.get("accepted") and config.rounds.trigger_new_pairs > 0:
+                from alignment.service.rounds import maybe_trigger
+
+                await run_in_threadpool(
+                    maybe_trigger, engine, ident, config.rounds.trigger_new_pairs, config.rounds.policy_stage
+                )
+        except ingest.IdempotencyConflict as conflict:
+            raise ServiceError(
+                422,
+                "idempotency_key_reused",
+                f"Idempotency-Key {conflict} was used before with a different body; use a new key for new data",
+            ) from None
+        return JSONResponse(response, status_code=status)
+
+    @app.post("/v1/datasets/{name}/retractions", tags=["pairs"])
+    def retract(name: str, retraction: Retraction, principal: Principal = require("submit")) -> dict:
+        """Retract pairs by id or by submitter: later snapshots exclude them, earlier ones never change.
+        A `submit` token may retract only its own pairs; an `admin` token anyone's."""
+        ident = dataset_id(name)
+        if (retraction.ids is None) == (retraction.submitter is None):
+            raise ServiceError(422, "invalid_request", "give exactly one of `ids` or `submitter`")
+        from alignment.service.store import tokens
+
+        condition = [pairs.c.dataset_id == ident, pairs.c.retracted_at.is_(None)]
+        if retraction.ids is not None:
+            condition.append(pairs.c.id.in_(retraction.ids))
+        else:
+            condition.append(
+                pairs.c.submitted_by.in_(select(tokens.c.id).where(tokens.c.name == retraction.submitter))
+            )
+        if not principal.allows("admin"):
+            if retraction.submitter is not None and retraction.submitter != principal.name:
+                raise ServiceError(403, "forbidden", "a submit token may retract only its own pairs")
+            condition.append(pairs.c.submitted_by == principal.token_id)
+        with engine.begin() as connection:
+            result = connection.execute(
+                update(pairs)
+                .where(*condition)
+                .values(retracted_at=time.time(), retracted_by=principal.token_id)
+            )
+        return {"dataset": name, "retracted": result.rowcount}
+
+    @app.post("/v1/datasets/{name}/snapshots", tags=["snapshots"], status_code=201)
+    def create_snapshot(name: str, principal: Principal = require("admin")) -> Any:
+        """Freeze the accepted, unretracted pairs into an immutable version (same content -> same version)."""
+        record, created = snapshots.create_snapshot(
+            engine, config.snapshot_dir, dataset_id(name), name, principal.token_id, config.tracking,
+            config.wandb_project,
+        )  # fmt: skip
+        return JSONResponse({**record, "created": created}, status_code=201 if created else 200)
+
+    @app.get("/v1/datasets/{name}/snapshots", tags=["snapshots"])
+    def list_snapshots(name: str, _: Principal = require("read")) -> list[dict]:
+        return snapshots.list_snapshots(engine, dataset_id(name))
+
+    @app.get("/v1/datasets/{name}/snapshots/{version}", tags=["snapshots"])
+    def get_snapshot(name: str, version: str, _: Principal = require("read")) -> dict:
+        found = snapshots.get_snapshot(engine, dataset_id(name), version)
+        if found is None:
+            raise ServiceError(404, "unknown_snapshot", f"dataset {name!r} has no snapshot {version!r}")
+        return found
+
+    from alignment.service.rounds import add_round_routes
+
+    add_round_routes(app, engine, config, require, dataset_id, ServiceError)
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServiceError(413, "body_too_large", f"body of {declared} bytes > limit {limit}", limit=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServiceError(413, "body_too_large", f"body over the limit of {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_batch(body: bytes, max_pairs: int) -> list[Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ServiceError(400, "invalid_utf8", f"the body is not valid UTF-8 (byte {error.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ServiceError(
+            400,
+            "malformed_json",
+            f"the body is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
+        raise ServiceError(422, "invalid_request", 'the body must be an object {"pairs": [ {...}, ... ]}')
+    extra = sorted(set(data) - {"pairs"})
+    if extra:
+        raise ServiceError(422, "invalid_request", f"unknown top-level field(s) {', '.join(extra)}")
+    if len(data["pairs"]) > max_pairs:
+        raise ServiceError(
+            413,
+            "batch_too_large",
+            f"{len(data['pairs'])} pairs > limit {max_pairs}; split the batch",
+            limit=max_pairs,
+        )
+    if not data["pairs"]:
+        raise ServiceError(422, "invalid_request", "`pairs` is empty")
+    return data["pairs"]

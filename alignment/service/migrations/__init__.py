@@ -1,0 +1,1 @@
+"""Alembic migrations of the service store (applied by `alignment.service.store.migrate`)."""

@@ -1,0 +1,234 @@
+"""Alignment rounds as jobs in the store: creation (API or trigger rule), leases, status, and their routes.
+
+A round moves queued -> running -> succeeded | failed, through stages snapshot -> train -> evaluate -> done.
+A worker claims a round with a compare-and-swap on its `attempts` counter and holds it with a lease that it
+renews; when a worker dies the lease lapses and another worker claims the round again. Every step of a round is
+idempotent (the snapshot is recorded before training; the pipeline skips complete stages and resumes from
+checkpoints in the same output directory), so a resumed round continues, it is neither lost nor run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.engine import Engine
+
+from alignment.service.store import datasets, pairs, rounds
+
+ACTIVE = ("queued", "running")
+
+
+class RoundRequest(BaseModel):
+    dataset: str
+    policy_stage: str | None = Field(None, description="dpo or ppo (default: the service config's)")
+    snapshot: str | None = Field(None, description="an existing snapshot version (default: snapshot now)")
+
+
+def create_round(
+    engine: Engine, dataset_id: int, policy_stage: str, created_by: str, snapshot_version: str | None = None
+) -> int:
+    now = time.time()
+    with engine.begin() as connection:
+        watermark = connection.execute(
+            select(func.coalesce(func.max(pairs.c.id), 0)).where(pairs.c.dataset_id == dataset_id)
+        ).scalar_one()
+        return connection.execute(
+            insert(rounds)
+            .values(
+                dataset_id=dataset_id,
+                status="queued",
+                stage="queued",
+                policy_stage=policy_stage,
+                snapshot_version=snapshot_version,
+                pair_watermark=watermark,
+                attempts=0,
+                created_by=created_by,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(rounds.c.id)
+        ).scalar_one()
+
+
+def maybe_trigger(engine: Engine, dataset_id: int, threshold: int, policy_stage: str) -> int | None:
+    """The trigger rule: a new round once >= `threshold` accepted pairs arrived since the last round's creation,
+    unless a round of this dataset is still queued or running. Returns the new round's id, or None."""
+    if threshold <= 0:
+        return None
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":  # one trigger decision per dataset at a time
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 7_000_000 + dataset_id})
+        active = connection.execute(
+            select(func.count()).where(rounds.c.dataset_id == dataset_id, rounds.c.status.in_(ACTIVE))
+        ).scalar_one()
+        if active:
+            return None
+        watermark = connection.execute(
+            select(func.coalesce(func.max(rounds.c.pair_watermark), 0)).where(
+                rounds.c.dataset_id == dataset_id
+            )
+        ).scalar_one()
+        new_ids = connection.execute(
+            select(func.count(), func.max(pairs.c.id)).where(
+                pairs.c.dataset_id == dataset_id, pairs.c.id > watermark, pairs.c.retracted_at.is_(None)
+            )
+        ).one()
+        if new_ids[0] < threshold:
+            return None
+        now = time.time()
+        return connection.execute(
+            insert(rounds)
+            .values(
+                dataset_id=dataset_id,
+                status="queued",
+                stage="queued",
+                policy_stage=policy_stage,
+                pair_watermark=new_ids[1],
+                attempts=0,
+                created_by="trigger",
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(rounds.c.id)
+        ).scalar_one()
+
+
+def claim(engine: Engine, worker: str, lease_seconds: float) -> dict[str, Any] | None:
+    """Claim the oldest queued round, or a running one whose lease lapsed (its worker died)."""
+    now = time.time()
+    with engine.connect() as connection:
+        candidates = connection.execute(
+            select(rounds.c.id, rounds.c.attempts)
+            .where(
+                (rounds.c.status == "queued")
+                | ((rounds.c.status == "running") & (rounds.c.lease_expires_at < now))
+            )
+            .order_by(rounds.c.id)
+            .limit(8)
+        ).all()
+    for round_id, attempts in candidates:
+        with engine.begin() as connection:
+            won = connection.execute(
+                update(rounds)
+                .where(rounds.c.id == round_id, rounds.c.attempts == attempts, rounds.c.status.in_(ACTIVE))
+                .values(
+                    status="running",
+                    worker=worker,
+                    lease_expires_at=time.time() + lease_seconds,
+                    attempts=attempts + 1,
+                    updated_at=time.time(),
+                )
+            ).rowcount
+        if won == 1:
+            return get_round(engine, round_id)
+    return None
+
+
+def renew(engine: Engine, round_id: int, worker: str, lease_seconds: float, **fields: Any) -> bool:
+    """Extend this worker's lease (and set `fields`); False when the round is no longer this worker's."""
+    values = {"lease_expires_at": time.time() + lease_seconds, "updated_at": time.time(), **fields}
+    for key in ("metrics_json", "lineage_json"):
+        if key in values and not isinstance(values[key], str):
+            values[key] = json.dumps(values[key])
+    with engine.begin() as connection:
+        return (
+            connection.execute(
+                update(rounds)
+                .where(rounds.c.id == round_id, rounds.c.worker == worker, rounds.c.status == "running")
+                .values(**values)
+            ).rowcount
+            == 1
+        )
+
+
+def get_round(engine: Engine, round_id: int) -> dict[str, Any] | None:
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(rounds, datasets.c.name.label("dataset"))
+            .join(datasets, datasets.c.id == rounds.c.dataset_id)
+            .where(rounds.c.id == round_id)
+        ).first()
+    return _public(row._mapping) if row is not None else None
+
+
+def list_rounds(engine: Engine, dataset_id: int | None = None) -> list[dict[str, Any]]:
+    query = select(rounds, datasets.c.name.label("dataset")).join(
+        datasets, datasets.c.id == rounds.c.dataset_id
+    )
+    if dataset_id is not None:
+        query = query.where(rounds.c.dataset_id == dataset_id)
+    with engine.connect() as connection:
+        return [_public(row._mapping) for row in connection.execute(query.order_by(rounds.c.id)).all()]
+
+
+def previous_round(engine: Engine, dataset_id: int, before_id: int) -> dict[str, Any] | None:
+    """The latest succeeded round of the dataset created before `before_id`: the warm start of the next one."""
+    with engine.connect() as connection:
+        found = connection.execute(
+            select(func.max(rounds.c.id)).where(
+                rounds.c.dataset_id == dataset_id, rounds.c.status == "succeeded", rounds.c.id < before_id
+            )
+        ).scalar()
+    return get_round(engine, found) if found is not None else None
+
+
+def _public(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "dataset": row["dataset"],
+        "dataset_id": row["dataset_id"],
+        "status": row["status"],
+        "stage": row["stage"],
+        "policy_stage": row["policy_stage"],
+        "snapshot": row["snapshot_version"],
+        "attempts": row["attempts"],
+        "worker": row["worker"],
+        "lease_expires_at": row["lease_expires_at"],
+        "output_dir": row["output_dir"],
+        "logs_path": row["logs_path"],
+        "executor_job": row["executor_job"],
+        "metrics": json.loads(row["metrics_json"]) if row["metrics_json"] else {},
+        "lineage": json.loads(row["lineage_json"]) if row["lineage_json"] else {},
+        "error": row["error"],
+        "created_by": row["created_by"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def add_round_routes(
+    app: Any, engine: Engine, config: Any, require: Any, dataset_id: Any, error: type
+) -> None:
+    """POST /v1/rounds, GET /v1/rounds, GET /v1/rounds/{id} on the service's app."""
+    from fastapi.responses import JSONResponse
+
+    from alignment.service.snapshots import get_snapshot
+
+    @app.post("/v1/rounds", tags=["rounds"], status_code=201)
+    def post_round(request: RoundRequest, principal: Any = require("admin")) -> Any:
+        """Queue a round: snapshot -> reward model -> policy (DPO or PPO) -> evaluation, run by `alignment worker`."""
+        ident = dataset_id(request.dataset)
+        stage = request.policy_stage or config.rounds.policy_stage
+        if stage not in ("dpo", "ppo"):
+            raise error(422, "invalid_request", f"policy_stage must be dpo or ppo, got {stage!r}")
+        if request.snapshot and get_snapshot(engine, ident, request.snapshot) is None:
+            raise error(
+                404, "unknown_snapshot", f"dataset {request.dataset!r} has no snapshot {request.snapshot!r}"
+            )
+        round_id = create_round(engine, ident, stage, f"api:{principal.name}", request.snapshot)
+        return JSONResponse(get_round(engine, round_id), status_code=201)
+
+    @app.get("/v1/rounds", tags=["rounds"])
+    def get_rounds(dataset: str | None = None, _: Any = require("read")) -> list[dict]:
+        return list_rounds(engine, dataset_id(dataset) if dataset else None)
+
+    @app.get("/v1/rounds/{round_id}", tags=["rounds"])
+    def get_one(round_id: int, _: Any = require("read")) -> dict:
+        found = get_round(engine, round_id)
+        if found is None:
+            raise error(404, "unknown_round", f"no round {round_id}")
+        return found
