@@ -185,6 +185,7 @@ def _public(row: Any) -> dict[str, Any]:
         "stage": row["stage"],
         "policy_stage": row["policy_stage"],
         "snapshot": row["snapshot_version"],
+        "pair_watermark": row["pair_watermark"],
         "attempts": row["attempts"],
         "worker": row["worker"],
         "lease_expires_at": row["lease_expires_at"],

@@ -1,0 +1,194 @@
+"""Where a round's pipeline runs: `local` (this machine, `alignment run` -> `accelerate launch` per stage) or
+`slurm` (an sbatch script written from launch/slurm/service_round.sbatch, submitted with sbatch, followed with
+squeue and sacct).
+
+Both record a job handle in the round (`local:<host>:<process group>` / `slurm:<job id>`) before waiting, so a
+worker that resumes a round after another died first deals with the job already there: a local process group
+left behind on this host is killed (the pipeline then resumes from its checkpoints), a Slurm job still queued or
+running is followed instead of submitted again.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alignment.service.settings import RoundsConfig
+
+Runner = Callable[[list[str]], subprocess.CompletedProcess]
+"""Runs a command line and returns its result (stdout as text); the Slurm executor's only contact with Slurm."""
+
+
+def run_command(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def pipeline_command(round_yaml: Path) -> list[str]:
+    """The command that runs a round's pipeline: every stage under accelerate launch (alignment.pipeline)."""
+    return [sys.executable, "-m", "alignment.cli", "run", str(round_yaml)]
+
+
+class LocalExecutor:
+    """Runs the pipeline as a child process group on this machine, its output in `<round dir>/round.log`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def run(
+        self,
+        round_yaml: Path,
+        log_path: Path,
+        previous_job: str | None,
+        record_job: Callable,
+        alive: Callable,
+    ) -> int:
+        _kill_leftover(previous_job)
+        with open(log_path, "a") as log:
+            log.write(f"$ {shlex.join(pipeline_command(round_yaml))}\n")
+            log.flush()
+            process = subprocess.Popen(
+                pipeline_command(round_yaml),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=os.getcwd(),
+                start_new_session=True,  # its own process group: killed whole if the round is lost
+            )
+            record_job(f"local:{socket.gethostname()}:{process.pid}")
+            while process.poll() is None:
+                if not alive():
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    return -9
+                time.sleep(1.0)
+        return process.returncode
+
+
+def _kill_leftover(previous_job: str | None) -> None:
+    """Kill the process group a dead worker left running on this host (same round, same output dir)."""
+    if not previous_job or not previous_job.startswith("local:"):
+        return
+    _, host, pgid = previous_job.split(":")
+    if host != socket.gethostname():
+        return
+    try:
+        os.killpg(int(pgid), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.killpg(int(pgid), 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------------------------------- slurm
+SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+
+def render_sbatch(
+    template: str, round_yaml: Path, log_dir: Path, job_name: str, options: dict[str, str], env: dict
+) -> str:
+    """The template with this round's #SBATCH lines inserted after the shebang and its variables exported."""
+    lines = template.splitlines()
+    if not lines or not lines[0].startswith("#!"):
+        raise ValueError("the sbatch template must start with a #! line")
+    directives = [f"#SBATCH --job-name={job_name}", f"#SBATCH --output={log_dir}/slurm-%j.out"]
+    directives += [f"#SBATCH --{key}={value}" for key, value in sorted(options.items())]
+    exports = [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
+    exports.append(f"export ROUND_CONFIG={shlex.quote(str(round_yaml))}")
+    body = "\n".join(lines[1:])
+    marker = "# --- round environment ---"
+    if marker not in body:
+        raise ValueError(f"the sbatch template needs a line {marker!r} where the round's variables go")
+    body = body.replace(marker, marker + "\n" + "\n".join(exports), 1)
+    return "\n".join([lines[0], *directives, body]) + "\n"
+
+
+class SlurmExecutor:
+    """Submits the round as one Slurm job and follows it until it leaves the queue."""
+
+    def __init__(
+        self, config: RoundsConfig, env: dict[str, str], runner: Runner = run_command, poll: float = 15.0
+    ):
+        self.config, self.env, self.runner, self.poll = config, env, runner, poll
+
+    def script(self, round_yaml: Path, log_dir: Path, job_name: str) -> Path:
+        template = Path(self.config.slurm_template).read_text()
+        passed = {k: v for k, v in self.env.items() if k.startswith(("ALIGNMENT_", "WANDB_", "HF_"))}
+        text = render_sbatch(template, round_yaml, log_dir, job_name, self.config.slurm_options, passed)
+        path = log_dir / "round.sbatch"
+        path.write_text(text)
+        return path
+
+    def submit(self, script: Path) -> str:
+        result = self.runner(["sbatch", "--parsable", str(script)])
+        if result.returncode != 0:
+            raise RuntimeError(f"sbatch {script} failed ({result.returncode}): {result.stderr.strip()}")
+        return result.stdout.strip().split(";")[0]  # "<job id>[;<cluster>]"
+
+    def state(self, job_id: str) -> str | None:
+        """The job's state while Slurm still lists it (squeue), else None."""
+        result = self.runner(["squeue", "--noheader", "--jobs", job_id, "--format=%T"])
+        state = result.stdout.strip().splitlines()
+        return state[0].strip() if result.returncode == 0 and state else None
+
+    def exit_code(self, job_id: str) -> int:
+        """From sacct once the job has left the queue: 0 when COMPLETED with exit 0, else the code (or 1)."""
+        result = self.runner(["sacct", "--noheader", "--allocations", "--parsable2", "--jobs", job_id,
+                              "--format=State,ExitCode"])  # fmt: skip
+        line = result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+        state, _, code = line.partition("|")
+        if state.startswith("COMPLETED") and code.split(":")[0] == "0":
+            return 0
+        try:
+            return int(code.split(":")[0]) or 1
+        except ValueError:
+            return 1
+
+    def run(
+        self,
+        round_yaml: Path,
+        log_path: Path,
+        previous_job: str | None,
+        record_job: Callable,
+        alive: Callable,
+    ) -> int:
+        job_id = None
+        if previous_job and previous_job.startswith("slurm:"):
+            job_id = previous_job.split(":", 1)[1]
+            if self.state(job_id) not in SLURM_ACTIVE:
+                code = self.exit_code(job_id)
+                if code == 0:
+                    return 0
+                job_id = None  # it ended badly: submit again, the pipeline resumes from checkpoints
+        if job_id is None:
+            script = self.script(round_yaml, log_path.parent, f"alignment-{round_yaml.parent.name}")
+            job_id = self.submit(script)
+            with open(log_path, "a") as log:
+                log.write(
+                    f"submitted {script} as Slurm job {job_id}; output {log_path.parent}/slurm-{job_id}.out\n"
+                )
+        record_job(f"slurm:{job_id}")
+        while self.state(job_id) in SLURM_ACTIVE:
+            if not alive():
+                self.runner(["scancel", job_id])
+                return -9
+            time.sleep(self.poll)
+        return self.exit_code(job_id)
+
+
+def make_executor(config: RoundsConfig, env: dict[str, str], **kwargs: Any) -> LocalExecutor | SlurmExecutor:
+    if config.executor == "slurm":
+        return SlurmExecutor(config, env, **kwargs)
+    return LocalExecutor(env)
