@@ -99,7 +99,7 @@ def sample(
     from alignment.rl.ppo_math import response_mask
 
     if reference is not None and not decoding.temperature:
-        raise ValueError(
+        raise EvalError(
             "KL to the reference is estimated on sampled responses; greedy decoding (temperature 0) gives none. "
             "Set a temperature (1.0: the policy's own distribution)"
         )
@@ -372,7 +372,7 @@ def evaluate(
     ]
     if reference_scored is not None:
         if reference_scored.samples.prompt_index != samples.prompt_index:
-            raise ValueError(
+            raise EvalError(
                 "the reference's samples answer other prompts than the policy's (rows or decoding differ)"
             )
         metrics["reference"] = _policy_metrics(
@@ -489,7 +489,7 @@ def main(args: argparse.Namespace) -> int:
     decoding = Decoding(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Decoding)})
     data_config, rows = load_prompt_rows(args.prompts, args.prompts_option, args.limit)
     if args.gold and not all(row.get("gold") for row in rows):
-        raise ValueError(
+        raise EvalError(
             f"--gold {args.gold}: the prompts of {args.prompts} have no `gold` field to check against"
         )
     rm, gold = load_reward(args.rm), load_reward(args.gold, "--gold")

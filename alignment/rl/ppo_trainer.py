@@ -601,7 +601,9 @@ class PPOTrainer:
             stats.update(self.update(rollout, iteration))
             self.kl_controller.update(stats["objective/kl"], self.plan.global_rollout_batch_size)
             elapsed = time.perf_counter() - started
-            tokens = self._all_reduce(rollout.mask.sum().reshape(1))[0].item()
+            counts = torch.stack([rollout.mask.sum(), rollout.attention_mask.sum()]).float()
+            tokens, tokens_processed = self._all_reduce(counts).tolist()  # response tokens; query + response
+            previous = self.state.log_history[-1].get("num_tokens", 0.0) if self.state.log_history else 0.0
             stats.update(
                 {
                     "time/generation_s": rollout.timings["generation"],
@@ -611,6 +613,7 @@ class PPOTrainer:
                     "time/iteration_s": elapsed,
                     "throughput/samples_per_s": self.plan.global_rollout_batch_size / elapsed,
                     "throughput/response_tokens_per_s": tokens / elapsed,
+                    "num_tokens": previous + tokens_processed,  # cumulative, as TRL's trainers log it
                     "lr": self.scheduler.get_last_lr()[0],
                     "loss": stats["loss/total"],
                     "step": iteration + 1,

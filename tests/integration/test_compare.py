@@ -1,0 +1,125 @@
+"""`alignment compare` and `alignment eval` end to end through the CLI on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.helpers import REPO, run_cli, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path, str]:
+    tmp = tmp_path_factory.mktemp("compare")
+    pipeline = write_config(tmp)
+    config = yaml.safe_load((REPO / "configs" / "compare" / "smoke.yaml").read_text())
+    config.update(pipeline=str(pipeline), output_dir=str(tmp / "out"))
+    path = tmp / "compare.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = run_cli("compare", str(path))
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    return path, tmp / "out", result.stdout
+
+
+def test_compare_writes_the_report_plots_and_one_wandb_group(comparison: tuple[Path, Path, str]) -> None:
+    _, out, stdout = comparison
+    report = (out / "report.md").read_text()
+    for row in (
+        "| sft | - | 1 |",
+        "| ppo | kl_coef=0.05 | 1 |",
+        "| dpo | beta=0.1 | 1 |",
+        "| best-of-n | n=4 | 1 |",
+    ):
+        assert row in report
+    assert "## Summary" in report and "Highest gold score" in report
+    data = json.loads((out / "compare.json").read_text())
+    rows = {row["arm"]: row for row in data["rows"]}
+    assert rows["sft"]["kl"]["mean"] == 0.0
+    assert rows["best-of-n"]["kl"]["mean"] == pytest.approx(math.log(4) - 0.75)
+    assert rows["ppo"]["num_tokens"] > 0 and rows["dpo"]["num_tokens"] > 0 and rows["dpo"]["wall_time_s"] > 0
+    for arm in ("ppo", "dpo", "best-of-n"):
+        wins = rows[arm]["win_rate_rm"]["mean"]
+        assert 0.0 <= wins <= 1.0 and 0.0 <= rows[arm]["gold"]["mean"] <= 1.0
+    group = data["wandb_group"]
+    manifests = [out / "base" / "sft", out / "base" / "reward"] + [
+        out / "arms" / arm / setting / "seed-1" / stage
+        for arm, setting, stage in (("ppo", "kl_coef=0.05", "ppo"), ("dpo", "beta=0.1", "dpo"))
+    ]
+    for artifact in manifests:
+        assert json.loads((artifact / "MANIFEST.json").read_text())["wandb_group"] == group, artifact
+    assert list((out / "wandb").glob("offline-run-*")), "the comparison's own W&B run"
+    for name in ("frontier", "overoptimisation", "training_curves"):
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG"
+            image.load()
+            series = json.loads(image.text["series"])
+        if name == "frontier":
+            assert set(series) == {"sft", "ppo", "dpo", "best-of-n"}
+        if name == "training_curves":
+            assert (
+                set(series["loss"]) == {"ppo kl_coef=0.05", "dpo beta=0.1"}
+                and series["reward"]["ppo kl_coef=0.05"]
+            )
+    samples = (
+        (out / "arms" / "dpo" / "beta=0.1" / "seed-1" / "eval" / "samples.jsonl").read_text().splitlines()
+    )
+    assert len(samples) == 16 and {
+        "completion",
+        "reference_completion",
+        "gold_score",
+        "rm_score",
+        "kl",
+    } <= set(json.loads(samples[0]))
+    assert "best-of-n" in stdout
+
+
+def test_a_second_compare_reuses_every_finished_arm(comparison: tuple[Path, Path, str]) -> None:
+    path, out, _ = comparison
+    evals = sorted(out.glob("**/eval.json"))
+    assert len(evals) == 4  # the SFT policy and three arms
+    before = {p: p.stat().st_mtime_ns for p in evals}
+    again = run_cli("compare", str(path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    for record_path in [out / "base" / "run.json", *out.glob("arms/*/*/seed-*/run.json")]:
+        record = json.loads(record_path.read_text())
+        assert [s["status"] for s in record["stages"]] == ["skipped"] * len(record["stages"]), record_path
+    assert {p: p.stat().st_mtime_ns for p in evals} == before  # no evaluation ran again
+
+
+def test_eval_of_a_policy_against_itself(comparison: tuple[Path, Path, str], tmp_path: Path) -> None:
+    _, out, _ = comparison
+    sft = out / "base" / "sft"
+    result = run_cli(
+        "eval", "--policy", str(sft), "--reference", str(sft), "--prompts", "builtin:tasks",
+        "--prompts-option", "split=test", "--prompts-option", "task_count=6", "--rm", str(out / "base" / "reward"),
+        "--gold", "rule:tasks", "--max-new-tokens", "6", "--samples-per-prompt", "2", "--out", str(tmp_path / "e"),
+        "--tracking", "disabled",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "e" / "eval.json").read_text())["metrics"]
+    assert metrics["kl"]["n"] == 12 and metrics["kl"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    for judge in ("win_rate_rm", "win_rate_gold"):  # same weights, same seed: the same responses, all ties
+        assert metrics[judge]["ties"] == 12 and metrics[judge]["wins"] == 0
+    assert len((tmp_path / "e" / "samples.jsonl").read_text().splitlines()) == 12
+    assert "win_rate_gold vs reference" in result.stdout
+
+
+def test_eval_errors_name_the_option(comparison: tuple[Path, Path, str], tmp_path: Path) -> None:
+    _, out, _ = comparison
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi."}) + "\n")
+    no_gold = run_cli(
+        "eval", "--policy", str(out / "base" / "sft"), "--prompts", str(prompts), "--gold", "rule:tasks"
+    )
+    assert no_gold.returncode == 2 and "--gold rule:tasks" in no_gold.stderr and "gold" in no_gold.stderr
+    bad_rm = run_cli(
+        "eval", "--policy", str(out / "base" / "sft"), "--prompts", str(prompts), "--rm", "nowhere"
+    )
+    assert bad_rm.returncode == 2 and "--rm nowhere" in bad_rm.stderr
