@@ -7,6 +7,10 @@ import sys
 
 SUITES = {
     "ppo": ("bench.ppo", "our PPO vs a learned RM and vs rule:tasks, beside TRL 1.12.0's PPOTrainer"),
+    "service": (
+        "bench.service",
+        "preference-data service: accepted pairs/s and latency, SQLite and PostgreSQL",
+    ),
 }
 
 

@@ -28,7 +28,7 @@ from alignment import __version__
 from alignment.service import ingest, snapshots
 from alignment.service.auth import Principal, RateLimiter, authenticate, retry_after_header
 from alignment.service.settings import ServiceConfig
-from alignment.service.store import current_revision, datasets, open_store, pairs
+from alignment.service.store import current_revision, datasets, open_store, pairs, writing
 
 logger = logging.getLogger("alignment.service")
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -125,7 +125,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
                 422, "bad_name", "a dataset name is 1-64 of letters, digits, _ . - (first alnum)"
             )
         try:
-            with engine.begin() as connection:
+            with writing(engine) as connection:
                 connection.execute(
                     insert(datasets).values(name=name, created_at=time.time(), created_by=principal.token_id)
                 )
@@ -215,7 +215,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
             if retraction.submitter is not None and retraction.submitter != principal.name:
                 raise ServiceError(403, "forbidden", "a submit token may retract only its own pairs")
             condition.append(pairs.c.submitted_by == principal.token_id)
-        with engine.begin() as connection:
+        with writing(engine) as connection:
             result = connection.execute(
                 update(pairs)
                 .where(*condition)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
-from alignment.service.store import tokens
+from alignment.service.store import tokens, writing
 
 SCOPES = ("read", "submit", "admin")
 TOKEN_PREFIX = "alg_"
@@ -48,7 +48,7 @@ def create_token(engine: Engine, name: str, scope: str) -> str:
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         connection.execute(
             insert(tokens).values(
                 name=name, scope=scope, token_hash=hash_token(token), created_at=time.time()
@@ -62,7 +62,7 @@ def revoke_token(engine: Engine, name: str | None = None, token_id: int | None =
     if (name is None) == (token_id is None):
         raise ValueError("revoke by name or by id")
     condition = tokens.c.name == name if name is not None else tokens.c.id == token_id
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         result = connection.execute(
             update(tokens).where(condition, tokens.c.revoked_at.is_(None)).values(revoked_at=time.time())
         )

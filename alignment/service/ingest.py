@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from alignment.data.formats import convert_preference
 from alignment.data.validate import REASONS, RowError, validate_row
-from alignment.service.store import idempotency_keys, pairs
+from alignment.service.store import idempotency_keys, pairs, writing
 
 SERVICE_REASONS: dict[str, str] = {
     **REASONS,
@@ -156,7 +156,7 @@ def store_batch(
     Returns (status code, response body). A unique-index race with a concurrent batch is retried."""
     for attempt in range(8):
         try:
-            with engine.begin() as connection:
+            with writing(engine) as connection:
                 if idempotency is not None:
                     earlier = _stored_response(connection, token_id, *idempotency)
                     if earlier is not None:
@@ -181,20 +181,21 @@ def store_batch(
     raise AssertionError("unreachable")
 
 
+def _ids_by_hash(connection: Connection, dataset_id: int, hashes: list[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for start in range(0, len(hashes), 500):
+        query = select(pairs.c.id, pairs.c.content_hash).where(
+            pairs.c.dataset_id == dataset_id, pairs.c.content_hash.in_(hashes[start : start + 500])
+        )
+        found.update((digest, pair_id) for pair_id, digest in connection.execute(query))
+    return found
+
+
 def _insert(
     connection: Connection, dataset_id: int, dataset_name: str, token_id: int, checked: list[Checked]
 ) -> dict:
     valid = [item for item in checked if item.row is not None]
-    hashes = list({item.content_hash for item in valid})
-    existing: dict[str, int] = {}
-    for start in range(0, len(hashes), 500):
-        chunk = hashes[start : start + 500]
-        for pair_id, digest in connection.execute(
-            select(pairs.c.id, pairs.c.content_hash).where(
-                pairs.c.dataset_id == dataset_id, pairs.c.content_hash.in_(chunk)
-            )
-        ):
-            existing[digest] = pair_id
+    existing = _ids_by_hash(connection, dataset_id, list({item.content_hash for item in valid}))
     now = time.time()
     new_rows: list[dict[str, Any]] = []
     first_in_batch: dict[str, int] = {}
@@ -212,10 +213,9 @@ def _insert(
             )
     new_ids: dict[str, int] = {}
     if new_rows:
-        inserted = connection.execute(
-            insert(pairs).returning(pairs.c.id, pairs.c.content_hash, sort_by_parameter_order=True), new_rows
-        )
-        new_ids = {digest: pair_id for pair_id, digest in inserted}
+        # A plain executemany, then the ids by hash: RETURNING would insert row by row on SQLite.
+        connection.execute(insert(pairs), new_rows)
+        new_ids = _ids_by_hash(connection, dataset_id, list(first_in_batch))
     results: list[dict[str, Any]] = []
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     for item in checked:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Engine
 
-from alignment.service.store import datasets, pairs, rounds
+from alignment.service.store import datasets, pairs, rounds, writing
 
 ACTIVE = ("queued", "running")
 
@@ -32,7 +32,7 @@ def create_round(
     engine: Engine, dataset_id: int, policy_stage: str, created_by: str, snapshot_version: str | None = None
 ) -> int:
     now = time.time()
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         watermark = connection.execute(
             select(func.coalesce(func.max(pairs.c.id), 0)).where(pairs.c.dataset_id == dataset_id)
         ).scalar_one()
@@ -59,7 +59,7 @@ def maybe_trigger(engine: Engine, dataset_id: int, threshold: int, policy_stage:
     unless a round of this dataset is still queued or running. Returns the new round's id, or None."""
     if threshold <= 0:
         return None
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         if engine.dialect.name == "postgresql":  # one trigger decision per dataset at a time
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 7_000_000 + dataset_id})
         active = connection.execute(
@@ -111,7 +111,7 @@ def claim(engine: Engine, worker: str, lease_seconds: float) -> dict[str, Any] |
             .limit(8)
         ).all()
     for round_id, attempts in candidates:
-        with engine.begin() as connection:
+        with writing(engine) as connection:
             won = connection.execute(
                 update(rounds)
                 .where(rounds.c.id == round_id, rounds.c.attempts == attempts, rounds.c.status.in_(ACTIVE))
@@ -134,7 +134,7 @@ def renew(engine: Engine, round_id: int, worker: str, lease_seconds: float, **fi
     for key in ("metrics_json", "lineage_json"):
         if key in values and not isinstance(values[key], str):
             values[key] = json.dumps(values[key])
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         return (
             connection.execute(
                 update(rounds)

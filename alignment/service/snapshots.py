@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from alignment import artifacts
-from alignment.service.store import pairs, snapshot_pairs, snapshots
+from alignment.service.store import pairs, snapshot_pairs, snapshots, writing
 
 SNAPSHOT_FILE = "pairs.jsonl"
 
@@ -91,7 +91,7 @@ def create_snapshot(
     artifacts.publish(staging, final, manifest)
     wandb_ref = log_wandb_artifact(final, dataset, version, len(pair_ids), tracking, wandb_project)
     try:
-        with engine.begin() as connection:
+        with writing(engine) as connection:
             snapshot_id = connection.execute(
                 insert(snapshots)
                 .values(

@@ -1,9 +1,12 @@
 """The store: SQLAlchemy Core tables, engines for SQLite and PostgreSQL, and Alembic migrations.
 
 SQLite is the default and is made crash-safe on every connection: WAL journal, `synchronous=FULL` (a commit
-is on disk before the client hears "accepted"), a busy timeout, foreign keys on, and `BEGIN IMMEDIATE` for
-every transaction so that two writers queue on the database lock instead of failing with SQLITE_BUSY when one
-upgrades a read to a write. PostgreSQL (`postgresql+psycopg://...`) needs nothing special.
+is on disk before the client hears "accepted"), a busy timeout and foreign keys on. Every write goes through
+`writing(engine)`: `BEGIN IMMEDIATE`, so that two writers queue on the database lock instead of failing with
+SQLITE_BUSY when one upgrades a read to a write, behind a lock in this process, so that the server's threads
+queue in order rather than in SQLite's sleep-and-retry busy handler (whose back-off made the latency tail).
+Reads begin deferred and never wait for a writer (WAL). PostgreSQL (`postgresql+psycopg://...`) needs nothing
+special; `writing` is a plain transaction there.
 
 The schema below is the code's view; `alignment/service/migrations/versions/` holds the versioned DDL that
 `migrate` applies (Alembic). A test checks that the two agree.
@@ -11,6 +14,9 @@ The schema below is the code's view; `alignment/service/migrations/versions/` ho
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 metadata = MetaData()
 
@@ -140,8 +146,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_begin_immediate(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_begin(connection: Any) -> None:
+    immediate = connection.get_execution_options().get("immediate", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction (commit on success, rollback on error); see the module docstring for SQLite."""
+    if not is_sqlite(engine):
+        with engine.begin() as connection:
+            yield connection
+        return
+    lock = _WRITE_LOCKS.setdefault(str(engine.url), threading.Lock())
+    with lock, engine.execution_options(immediate=True).begin() as connection:
+        yield connection
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -156,7 +178,7 @@ def make_engine(url: str) -> Engine:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if parsed.get_backend_name() == "postgresql":
         return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)

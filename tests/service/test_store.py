@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 
 from alignment.service import auth, snapshots
@@ -83,3 +84,21 @@ def test_a_snapshot_is_logged_as_a_version_of_a_wandb_dataset_artifact(tmp_path:
     assert json.loads(meta)["version"] == record["version"] and json.loads(meta)["pairs"] == 3
     manifest = json.loads((Path(record["path"]) / "MANIFEST.json").read_text())
     assert manifest["source"] == f"service:hh@{record['version']}" and manifest["pairs"] == 3
+
+
+def test_writes_take_the_sqlite_write_lock_at_begin_and_reads_never_wait(tmp_path: Path) -> None:
+    import sqlite3
+
+    from alignment.service.store import writing
+
+    path = tmp_path / "store.db"
+    engine = open_store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with writing(engine) as connection:
+        connection.execute(select(tokens.c.id)).all()  # only a read so far, yet the write lock is held
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        assert other.execute("SELECT count(*) FROM tokens").fetchone() == (0,)  # WAL: readers go on
+    other.execute("BEGIN IMMEDIATE")  # released at commit
+    other.execute("ROLLBACK")
+    other.close()
