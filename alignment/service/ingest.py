@@ -34,6 +34,7 @@ SERVICE_REASONS: dict[str, str] = {
     **REASONS,
     "unknown_field": "a pair may hold only prompt, chosen, rejected and metadata",
     "bad_metadata": "metadata must be an object of annotator, source, margin, score, tags, extra",
+    "invalid_text": "text holds a lone UTF-16 surrogate (an escape in \\ud800-\\udfff), which is not Unicode",
 }
 ROW_FIELDS = ("prompt", "chosen", "rejected", "metadata")
 METADATA_TYPES: dict[str, tuple[type, ...]] = {
@@ -113,6 +114,12 @@ def check_row(index: int, item: Any) -> Checked:
     metadata = {k: v for k, v in metadata.items() if v is not None}
     if metadata:
         row["metadata"] = metadata
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        return Checked(
+            index, reason="invalid_text", detail=f"{SERVICE_REASONS['invalid_text']} ({error.reason})"
+        )
     return Checked(index, row=row, content_hash=content_hash(row))
 
 

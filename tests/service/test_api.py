@@ -124,6 +124,16 @@ def test_bad_requests_get_their_status_and_message(server: ServerProcess) -> Non
         assert "line 1" in malformed.json()["detail"]
         latin1 = client.post(url, content='{"pairs": [{"prompt": "caf\xe9"}]}'.encode("latin-1"))
         assert latin1.status_code == 400 and latin1.json()["error"] == "invalid_utf8"
+        surrogate = client.post(
+            url,
+            content=b'{"pairs": [{"prompt": "x\\ud800", "chosen": "a", "rejected": "b"}]}',
+            headers=json_headers,
+        )
+        assert surrogate.status_code == 200 and surrogate.json()["results"][0]["reason"] == "invalid_text"
+        nul = client.post(
+            url, json={"pairs": [{"prompt": "nul \x00 inside", "chosen": "a", "rejected": "b"}]}
+        )
+        assert nul.status_code == 200 and nul.json()["accepted"] == 1  # stored escaped, on both backends
         for wrong in ([pair(0)], {"pairs": "x"}, {"rows": []}, {"pairs": []}, {"pairs": [pair(0)], "x": 1}):
             response = client.post(url, json=wrong)
             assert response.status_code == 422 and response.json()["error"] == "invalid_request", wrong
@@ -137,7 +147,7 @@ def test_bad_requests_get_their_status_and_message(server: ServerProcess) -> Non
         }
         huge = client.post(url, json={"pairs": [{**pair(0), "chosen": "x" * 250_000}]})
         assert huge.status_code == 413 and huge.json()["limit"] == 200_000
-        assert client.get(f"/v1/datasets/{name}").json()["accepted"] == 0
+        assert client.get(f"/v1/datasets/{name}").json()["accepted"] == 1
     with server.client("admin") as admin:
         assert admin.put("/v1/datasets/bad name!").status_code == 422
         assert admin.get("/v1/rounds/999999").status_code == 404
