@@ -32,6 +32,7 @@ from alignment.config import (
     PipelineConfig,
     coerce,
     deep_merge,
+    expand_tree,
     load_pipeline,
     parse_overrides,
     read_yaml,
@@ -102,7 +103,7 @@ def setting_label(setting: dict[str, Any]) -> str:
 
 
 def load_compare(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
-    raw = deep_merge(read_yaml(path), parse_overrides(overrides or []))
+    raw = expand_tree(deep_merge(read_yaml(path), parse_overrides(overrides or [])), str(path))
     config = coerce(CompareConfig, raw, str(path), "")
     config.output_dir = config.output_dir or f"runs/{config.name}"
     pipeline_path = Path(config.pipeline)
@@ -173,14 +174,11 @@ def base_overrides(config: CompareConfig, pipeline: Any) -> list[str]:
     ]
 
 
-def arm_overrides(config: CompareConfig, run: ArmRun, base: Path) -> list[str]:
+def arm_overrides(config: CompareConfig, pipeline: PipelineConfig, run: ArmRun, base: Path) -> list[str]:
     from alignment.stages.ppo import resolve_reward_spec
 
     stage = run.arm.stage
-    section = {
-        **load_pipeline(config.pipeline, config.pipeline_overrides).stage_sections[stage],
-        **run.arm.overrides,
-    }
+    section = {**pipeline.stage_sections[stage], **run.arm.overrides}
     overrides = [
         *config.pipeline_overrides,
         _override("output_dir", str(run.directory)),
@@ -390,7 +388,9 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
         console.print(
             f"[bold]arm {index}/{len(runs)}[/bold]: {arm_run.arm.name} {arm_run.label} seed {arm_run.seed}"
         )
-        code = pipeline_runner.run(config.pipeline, arm_overrides(config, arm_run, base), dry_run=dry_run)
+        code = pipeline_runner.run(
+            config.pipeline, arm_overrides(config, pipeline, arm_run, base), dry_run=dry_run
+        )
         if code:
             console.print(
                 f"[red]arm {arm_run.arm.name} {arm_run.label} seed {arm_run.seed} failed[/red]; re-run the comparison "

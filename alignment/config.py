@@ -291,7 +291,7 @@ def load_pipeline(path: str | Path | None, overrides: list[str] | None = None) -
 
 
 def pipeline_from_dict(raw: dict[str, Any], where: str = "<dict>") -> PipelineConfig:
-    raw = _expand_tree(raw, where)
+    raw = expand_tree(raw, where)
     stage_classes = _stage_config_classes()
     stage_sections: dict[str, dict[str, Any]] = {}
     shared: dict[str, Any] = {}
@@ -457,16 +457,16 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _expand_tree(value: Any, where: str) -> Any:
+def expand_tree(value: Any, where: str) -> Any:
     if isinstance(value, str):
         try:
             return expand_env(value)
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from error
     if isinstance(value, dict):
-        return {k: _expand_tree(v, where) for k, v in value.items()}
+        return {k: expand_tree(v, where) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_tree(v, where) for v in value]
+        return [expand_tree(v, where) for v in value]
     return value
 
 

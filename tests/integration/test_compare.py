@@ -123,3 +123,14 @@ def test_eval_errors_name_the_option(comparison: tuple[Path, Path, str], tmp_pat
         "eval", "--policy", str(out / "base" / "sft"), "--prompts", str(prompts), "--rm", "nowhere"
     )
     assert bad_rm.returncode == 2 and "--rm nowhere" in bad_rm.stderr
+
+
+def test_every_shipped_compare_config_dry_runs(tmp_path: Path) -> None:
+    for path in sorted((REPO / "configs" / "compare").glob("*.yaml")):
+        result = run_cli("compare", str(path), f"output_dir={tmp_path / path.stem}", "--dry-run")
+        assert result.returncode == 0, (path, result.stderr[-2000:])
+        config = yaml.safe_load(path.read_text())
+        for arm in config["arms"]:
+            if arm["stage"] != "best_of_n":
+                assert f"alignment.stages.{arm['stage']}" in result.stdout, (path, arm)
+                assert f"{arm['name']} " in result.stdout, (path, arm)
