@@ -57,11 +57,12 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="session", params=BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """A real `alignment serve` on loopback over a fresh store, one per backend per test module."""
+    """A real `alignment serve` on loopback over a fresh store, one per backend for the session (each test
+    uses datasets of its own)."""
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
     if request.param == "sqlite":
         url = f"sqlite:///{tmp / 'store.db'}"

@@ -11,20 +11,26 @@ from tests.helpers import run_cli
 from tests.service.helpers import ServerProcess, pair
 
 
-def test_tokens_create_list_revoke_on_the_servers_store(server: ServerProcess) -> None:
+def test_tokens_create_list_revoke_on_the_servers_store(server: ServerProcess, capsys) -> None:
+    from alignment.cli import main
+
     server.dataset("tok")
-    created = run_cli("tokens", "create", "--scope", "submit", "--name", "annotator-7", "--db", server.db_url)
-    assert created.returncode == 0, created.stderr
-    token = created.stdout.strip()
-    assert token.startswith("alg_") and "not shown again" in created.stderr
+    assert (
+        main(["tokens", "create", "--scope", "submit", "--name", "annotator-7", "--db", server.db_url]) == 0
+    )
+    created = capsys.readouterr()
+    token = created.out.strip()
+    assert token.startswith("alg_") and "not shown again" in created.err
     headers = {"Authorization": f"Bearer {token}"}
     body = {"pairs": [pair(1, "cli")]}
     assert httpx.post(f"{server.url}/v1/datasets/tok/pairs", json=body, headers=headers).status_code == 200
-    listed = run_cli("tokens", "list", "--db", server.db_url)
-    assert "annotator-7" in listed.stdout and token not in listed.stdout
-    revoked = run_cli("tokens", "revoke", "annotator-7", "--db", server.db_url)
-    assert revoked.returncode == 0 and "revoked 1" in revoked.stdout
+    assert main(["tokens", "list", "--db", server.db_url]) == 0
+    listed = capsys.readouterr().out
+    assert "annotator-7" in listed and token not in listed
+    assert main(["tokens", "revoke", "annotator-7", "--db", server.db_url]) == 0
+    assert "revoked 1" in capsys.readouterr().out
     assert httpx.post(f"{server.url}/v1/datasets/tok/pairs", json=body, headers=headers).status_code == 401
+    assert main(["tokens", "revoke", "annotator-7", "--db", server.db_url]) == 1  # nothing left to revoke
 
 
 def _pairs_file(path: Path) -> Path:
