@@ -144,11 +144,20 @@ class SlurmExecutor:
         return state[0].strip() if result.returncode == 0 and state else None
 
     def exit_code(self, job_id: str) -> int:
-        """From sacct once the job has left the queue: 0 when COMPLETED with exit 0, else the code (or 1)."""
+        """Once the job has left the queue: 0 when it COMPLETED with exit 0, else its exit code (or 1).
+
+        From sacct; on a cluster without accounting storage (sacct fails) from `scontrol show job`, which knows
+        a finished job for MinJobAge seconds (300 by default)."""
         result = self.runner(["sacct", "--noheader", "--allocations", "--parsable2", "--jobs", job_id,
                               "--format=State,ExitCode"])  # fmt: skip
-        line = result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+        line = (
+            result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else ""
+        )
         state, _, code = line.partition("|")
+        if not line:
+            shown = self.runner(["scontrol", "show", "job", "--oneliner", job_id])
+            fields = dict(item.split("=", 1) for item in shown.stdout.split() if "=" in item)
+            state, code = fields.get("JobState", ""), fields.get("ExitCode", "")
         if state.startswith("COMPLETED") and code.split(":")[0] == "0":
             return 0
         try:
