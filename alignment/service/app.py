@@ -69,6 +69,12 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
         return JSONResponse({"error": "invalid_request", "detail": "; ".join(problems)}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        detail = f"{type(error).__name__} while handling the request; nothing was half-stored, retry it"
+        return JSONResponse({"error": "internal", "detail": detail}, status_code=500)
+
     def require(scope: str) -> Any:
         def dependency(authorization: str | None = Header(None)) -> Principal:
             if not authorization or not authorization.lower().startswith("bearer "):
@@ -184,9 +190,16 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
             if response.get("accepted") and config.rounds.trigger_new_pairs > 0:
                 from alignment.service.rounds import maybe_trigger
 
-                await run_in_threadpool(
-                    maybe_trigger, engine, ident, config.rounds.trigger_new_pairs, config.rounds.policy_stage
-                )
+                try:
+                    await run_in_threadpool(
+                        maybe_trigger,
+                        engine,
+                        ident,
+                        config.rounds.trigger_new_pairs,
+                        config.rounds.policy_stage,
+                    )
+                except Exception:  # noqa: BLE001 - the batch is stored; the rule is checked again next batch
+                    logger.exception("trigger rule for dataset %s failed", name)
         except ingest.IdempotencyConflict as conflict:
             raise ServiceError(
                 422,

@@ -91,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_service_config(args.config, db=args.db, host=args.host, port=args.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(config)
     print(
         f"alignment serve: http://{config.host}:{config.port} (docs at /docs), store {_redacted(config.db)}"

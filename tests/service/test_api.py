@@ -251,3 +251,27 @@ def test_per_token_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> No
             assert reader.get("/v1/datasets/rate").status_code == 200  # the limit is per token
     finally:
         server.stop()
+
+
+def test_a_storage_failure_answers_500_in_json_and_the_server_goes_on(server: ServerProcess) -> None:
+    from sqlalchemy import text
+
+    from alignment.service.store import make_engine, writing
+
+    name = server.dataset("broken")
+    engine = make_engine(server.db_url)
+    with writing(engine) as connection:
+        connection.execute(text("ALTER TABLE snapshot_pairs RENAME TO snapshot_pairs_away"))
+    try:
+        with server.client("admin") as admin:
+            admin.post(f"/v1/datasets/{name}/pairs", json={"pairs": [pair(1, "broken")]})
+            failed = admin.post(f"/v1/datasets/{name}/snapshots")
+            assert failed.status_code == 500 and failed.json()["error"] == "internal"
+            assert "retry" in failed.json()["detail"]
+    finally:
+        with writing(engine) as connection:
+            connection.execute(text("ALTER TABLE snapshot_pairs_away RENAME TO snapshot_pairs"))
+        engine.dispose()
+    with server.client("admin") as admin:
+        retried = admin.post(f"/v1/datasets/{name}/snapshots")
+        assert retried.status_code in (200, 201) and retried.json()["pairs"] == 1
