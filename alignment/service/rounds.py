@@ -223,6 +223,24 @@ def add_round_routes(
         round_id = create_round(engine, ident, stage, f"api:{principal.name}", request.snapshot)
         return JSONResponse(get_round(engine, round_id), status_code=201)
 
+    @app.post("/v1/rounds/{round_id}/retry", tags=["rounds"])
+    def retry(round_id: int, _: Any = require("admin")) -> dict:
+        """Queue a failed round again: it keeps its snapshot and output directory, so finished stages are kept."""
+        found = get_round(engine, round_id)
+        if found is None:
+            raise error(404, "unknown_round", f"no round {round_id}")
+        with writing(engine) as connection:
+            changed = connection.execute(
+                update(rounds)
+                .where(rounds.c.id == round_id, rounds.c.status == "failed")
+                .values(status="queued", stage="queued", error=None, worker=None, updated_at=time.time())
+            ).rowcount
+        if not changed:
+            raise error(
+                409, "not_failed", f"round {round_id} is {found['status']}; only a failed round is retried"
+            )
+        return get_round(engine, round_id)
+
     @app.get("/v1/rounds", tags=["rounds"])
     def get_rounds(dataset: str | None = None, _: Any = require("read")) -> list[dict]:
         return list_rounds(engine, dataset_id(dataset) if dataset else None)

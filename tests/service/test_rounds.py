@@ -41,6 +41,22 @@ def test_rounds_api_queues_and_shows_rounds(server: ServerProcess) -> None:
         assert missing.status_code == 404 and missing.json()["error"] == "unknown_snapshot"
         assert admin.post("/v1/rounds", json={"dataset": name, "policy_stage": "sft"}).status_code == 422
         assert admin.post("/v1/rounds", json={"dataset": "nope"}).status_code == 404
+        not_failed = admin.post(f"/v1/rounds/{round_['id']}/retry")
+        assert not_failed.status_code == 409 and not_failed.json()["error"] == "not_failed"
+        from alignment.service.store import make_engine
+
+        engine = make_engine(server.db_url)
+        claimed = rounds.claim(engine, "w", 30.0)
+        assert claimed is not None
+        assert rounds.renew(engine, claimed["id"], "w", 30.0, status="failed", error="boom")
+        retried = admin.post(f"/v1/rounds/{claimed['id']}/retry")
+        assert retried.status_code == 200
+        assert (retried.json()["status"], retried.json()["error"], retried.json()["attempts"]) == (
+            "queued",
+            None,
+            1,
+        )
+        engine.dispose()
 
 
 def _engine_with_dataset(url: str):
