@@ -76,7 +76,7 @@ def test_claims_are_exclusive_and_a_lapsed_lease_is_resumed_by_another_worker(
 
     def contend(index: int) -> None:
         barrier.wait()
-        claimed = rounds.claim(engine, f"w{index}", lease_seconds=1.0)
+        claimed = rounds.claim(engine, f"w{index}", lease_seconds=3.0)
         if claimed is not None:
             winners.append(claimed)
 
@@ -87,9 +87,9 @@ def test_claims_are_exclusive_and_a_lapsed_lease_is_resumed_by_another_worker(
         thread.join()
     assert len(winners) == 1 and winners[0]["id"] == round_id and winners[0]["attempts"] == 1
     first = winners[0]["worker"]
-    assert rounds.claim(engine, "late", lease_seconds=1.0) is None  # held
-    assert rounds.renew(engine, round_id, first, 1.0, stage="train")
-    time.sleep(1.3)  # the holder died: no renewal
+    assert rounds.claim(engine, "late", lease_seconds=3.0) is None  # held
+    assert rounds.renew(engine, round_id, first, 1.0, stage="train")  # renewed for 1 s, then the holder died
+    time.sleep(1.3)
     resumed = rounds.claim(engine, "rescuer", lease_seconds=30.0)
     assert resumed is not None and resumed["worker"] == "rescuer" and resumed["attempts"] == 2
     assert resumed["stage"] == "train" and resumed["status"] == "running"
