@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(
         commands.add_parser(
             "eval",
-            help="generate on held-out prompts and report RM score, gold score, KL, win rates (95% CIs)",
+            help="generate on held-out prompts and report RM score, gold score, KL, win rates (95%% CIs)",
         )
     )
     compare = commands.add_parser(

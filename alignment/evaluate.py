@@ -26,11 +26,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from alignment.models import load_artifact_for_inference
+if TYPE_CHECKING:  # torch loads on first use: `alignment --help` and the service's commands stay fast
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +84,6 @@ def _response_logprobs(
     return gather_response_logprobs(logits[:, :-1], response, temperature)
 
 
-@torch.no_grad()
 def sample(
     policy: Any,
     tokenizer: Any,
@@ -96,6 +94,22 @@ def sample(
 ) -> Samples:
     """`decoding.samples_per_prompt` responses per chat prompt, seeded, batched by prompt length; with `reference`,
     also each sample's log-ratio to it. The global RNG state is left as it was. `progress(n)` is called per batch."""
+    import torch
+
+    with torch.no_grad():
+        return _sample(policy, tokenizer, prompts, decoding, reference, progress)
+
+
+def _sample(
+    policy: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    decoding: Decoding,
+    reference: Any,
+    progress: Any,
+) -> Samples:
+    import torch
+
     from alignment.rl.ppo_math import response_mask
 
     if reference is not None and not decoding.temperature:
@@ -318,6 +332,8 @@ def evaluate(
     choice among `best_of` samples of the policy (needs `rm`)."""
     if best_of > 1 and rm is None:
         raise EvalError("best-of-n needs a reward model to rank the samples (--rm)")
+    from alignment.models import load_artifact_for_inference
+
     model, tokenizer = load_artifact_for_inference(policy)
     reference_model = None
     if reference is not None:
@@ -401,6 +417,7 @@ def gold_score_policy(
     """Mean gold score (reward_models.rules) of a policy artifact's answers to prompt rows with `gold`: greedy by
     default, or `samples_per_prompt` samples per prompt at `temperature` (seeded), the expected score of the
     policy as it samples."""
+    from alignment.models import load_artifact_for_inference
     from reward_models.rules import score_gold
 
     if samples_per_prompt > 1 and not temperature:

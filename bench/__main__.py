@@ -6,6 +6,7 @@ import importlib
 import sys
 
 SUITES = {
+    "stages": ("bench.stages", "per-stage tokens/s and MFU against this machine's measured matmul peak"),
     "ppo": ("bench.ppo", "our PPO vs a learned RM and vs rule:tasks, beside TRL 1.12.0's PPOTrainer"),
     "service": (
         "bench.service",
