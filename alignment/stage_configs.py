@@ -59,6 +59,9 @@ class DPOStageConfig(StageArgsMixin, DPOConfig):
     init_from: str = "sft"
     """`sft`: this pipeline's SFT artifact (also the frozen reference); `model`: the `model` section; or a path.
     With LoRA the reference is the policy with its adapter disabled (no second copy in memory)."""
+    reference_from: str | None = None
+    """The frozen reference, when it is not `init_from`: `sft` or an artifact path (a second model in memory), e.g.
+    the SFT policy while a later round trains on from the previous round's policy. None: the init model."""
 
 
 @dataclass
@@ -78,6 +81,9 @@ class PPOStageConfig(StageArgsMixin, TrainingArguments):
     """Per-stage model override (tuning method); the weights come from `init_from`."""
     init_from: str = "sft"
     """`sft`: this pipeline's SFT artifact (also the frozen reference); `model`: the `model` section; or a path."""
+    reference_from: str | None = None
+    """The frozen reference of the KL penalty, when it is not `init_from`: `sft` or an artifact path (a second
+    model in memory, with LoRA too). None: the init model (with LoRA the policy with its adapter disabled)."""
     reward_model: str = "reward"
     """A reward_models spec: `reward` (this pipeline's RM artifact), an RM path, `rule:tasks`, `rule:gsm8k`, or
     `mix:0.5*reward+0.5*rule:tasks`."""

@@ -71,6 +71,8 @@ def round_pipeline(
         section["data"] = {
             k: v for k, v in section["data"].items() if k not in ("task_count", "task_families")
         }
+    if stage in ("dpo", "ppo") and str(policy_init) != str(settings.sft):
+        policy["reference_from"] = str(settings.sft)  # every round is KL-anchored to the SFT policy
     if stage == "ppo":
         policy["reward_model"] = "reward"  # this round's RM
     pipeline["reward"], pipeline[stage] = reward, policy

@@ -262,10 +262,15 @@ def resolve_init_model(
             f"(alignment stage sft --config {pipeline.source_path}), or set {stage}.init_from: model"
         )
     run.add_input("sft" if init_from == "sft" else "init", source)
-    manifest = artifacts.read_manifest(source)
-    if manifest.get("model_kind") != "adapter":
-        return str(source), model_cfg
-    merged = run.work_dir / "init_model"
+    return _loadable(run, source, "init_model"), model_cfg
+
+
+def _loadable(run: StageRun, source: Path, name: str) -> str:
+    """A policy artifact as a directory of whole weights: an adapter artifact is merged into its base once (main
+    process, before any ZeRO-3 context exists) into the work dir's `name`."""
+    if artifacts.read_manifest(source).get("model_kind") != "adapter":
+        return str(source)
+    merged = run.work_dir / name
     if run.is_main and not (merged / "config.json").is_file():
         from peft import AutoPeftModelForCausalLM
         from transformers import AutoTokenizer
@@ -274,7 +279,24 @@ def resolve_init_model(
         model.save_pretrained(merged, safe_serialization=True)
         AutoTokenizer.from_pretrained(source).save_pretrained(merged)
     run.state.wait_for_everyone()
-    return str(merged), model_cfg
+    return str(merged)
+
+
+def resolve_reference(
+    pipeline: PipelineConfig, run: StageRun, stage: str, reference_from: str | None
+) -> str | None:
+    """Path of a frozen reference other than the init model (`reference_from`), or None for the default (the init
+    model itself: with LoRA the policy with its adapter disabled). Recorded as an input of the stage."""
+    if reference_from is None:
+        return None
+    source = pipeline.stage_output_dir("sft") if reference_from == "sft" else Path(reference_from)
+    if not artifacts.is_complete(source):
+        raise ConfigError(
+            f"{stage}.reference_from={reference_from!r}: {source} is not a complete artifact (a policy stage's "
+            "output directory with MANIFEST.json)"
+        )
+    run.add_input("reference", source)
+    return _loadable(run, source, "reference_model")
 
 
 class StageStart(NamedTuple):

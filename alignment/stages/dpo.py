@@ -6,7 +6,8 @@ DPO (Rafailov et al., 2023, eq. 7): L = -log sigmoid(beta * [(log pi(y_w|x) - lo
 
 The reference is the SFT artifact: with LoRA the policy with its adapter disabled (no second copy in memory),
 with full fine-tuning a frozen copy loaded from the SFT artifact, or its log-probs computed once up front
-(`precompute_ref_log_probs: true`).
+(`precompute_ref_log_probs: true`). `reference_from` anchors to another artifact than `init_from` (a frozen copy),
+e.g. the SFT policy while an iterative round trains on from the previous round's policy.
 
 Assumptions (each tested): rows are canonical conversational preference pairs; over-long pairs are rejected and
 reported, never truncated; a re-run resumes from the latest complete checkpoint with identical losses.
@@ -28,6 +29,7 @@ from alignment.stages.common import (
     StageRun,
     checkpoint_callback,
     execute,
+    resolve_reference,
     save_policy_weights,
     stage_main,
     start_from_init,
@@ -56,9 +58,13 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     model = load_causal_lm(model_cfg, init_path, tokenizer)
     apply_freeze(model, model_cfg.tuning)
     peft_config = peft_config_for(model_cfg.tuning)
+    reference_path = resolve_reference(pipeline, run, STAGE, args.reference_from)
+    ref_model = None  # LoRA: adapter disabled; full: TRL makes a frozen copy of the init model
+    if reference_path is not None:
+        ref_model = load_causal_lm(model_cfg, reference_path, tokenizer).eval().requires_grad_(False)
     trainer = DPOTrainer(
         model=model,
-        ref_model=None,  # LoRA: adapter disabled; full: TRL loads a frozen copy from the SFT artifact path
+        ref_model=ref_model,
         args=args,
         train_dataset=Dataset.from_list(_columns(train_rows)),
         eval_dataset=Dataset.from_list(_columns(eval_rows)) if eval_rows else None,
@@ -68,7 +74,9 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     )
     trainable, total = count_parameters(trainer.model)
     reference = (
-        "adapter disabled"
+        f"frozen copy of {reference_path}"
+        if reference_path is not None
+        else "adapter disabled"
         if peft_config is not None
         else ("precomputed log-probs" if args.precompute_ref_log_probs else f"frozen copy of {init_path}")
     )

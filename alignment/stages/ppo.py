@@ -26,7 +26,14 @@ from alignment.models import (
     peft_config_for,
     torch_dtype,
 )
-from alignment.stages.common import StageRun, execute, save_policy_weights, stage_main, start_from_init
+from alignment.stages.common import (
+    StageRun,
+    execute,
+    resolve_reference,
+    save_policy_weights,
+    stage_main,
+    start_from_init,
+)
 
 logger = logging.getLogger("alignment.ppo")
 
@@ -128,12 +135,13 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     apply_freeze(policy, tuning)
     peft_config = peft_config_for(tuning)
     ref_policy = None
+    reference_path = resolve_reference(pipeline, run, STAGE, args.reference_from)
     if peft_config is not None:
         import peft
 
         policy = peft.get_peft_model(policy, peft_config)
-    else:
-        ref_policy = load_causal_lm(model_cfg, init_path, tokenizer)
+    if reference_path is not None or peft_config is None:  # else: the policy with its adapter disabled
+        ref_policy = load_causal_lm(model_cfg, reference_path or init_path, tokenizer)
 
     critic_path = _critic_source(args, learned, init_path, tokenizer)
     critic = AutoModelForSequenceClassification.from_pretrained(
@@ -175,7 +183,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         spec,
         trainable,
         total,
-        "adapter disabled" if ref_policy is None else "frozen copy",
+        "adapter disabled" if ref_policy is None else f"frozen copy of {reference_path or init_path}",
         len(rows),
         trainer.total_iterations,
         trainer.plan.global_rollout_batch_size,

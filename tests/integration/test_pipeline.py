@@ -143,3 +143,33 @@ def test_dpo_first_step_loss_equals_hand_computation(smoke_pipeline: tuple[Path,
     first = json.loads((base / "run" / "dpo" / "log_history.json").read_text())[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["dpo", "ppo"])
+def test_reference_from_anchors_the_kl_to_another_artifact(
+    tmp_path: Path, smoke_pipeline: tuple[Path, Path, str], stage: str
+) -> None:
+    """Training on from the DPO policy: with the default reference (the init model itself) the first step's
+    policy/reference log-ratio is exactly zero; with `reference_from` the SFT policy, it is not."""
+    base, _, _ = smoke_pipeline
+    first_step = {}
+    for name, reference in (("itself", None), ("sft", str(base / "run" / "sft"))):
+        (tmp_path / name).mkdir()
+        config = write_config(tmp_path / name)
+        overrides = [
+            f"{stage}.init_from={base / 'run' / 'dpo'}",
+            f"{stage}.max_steps=1",
+            f"{stage}.save_steps=1000",
+        ]
+        if reference is not None:
+            overrides.append(f"{stage}.reference_from={reference}")
+        result = run_cli("stage", stage, "--config", str(config), *overrides)
+        assert result.returncode == 0, result.stderr[-3000:]
+        artifact = tmp_path / name / "run" / stage
+        history = json.loads((artifact / "log_history.json").read_text())
+        key = "rewards/chosen" if stage == "dpo" else "objective/kl"
+        first_step[name] = next(entry[key] for entry in history if key in entry)
+        inputs = json.loads((artifact / "MANIFEST.json").read_text())["inputs"]
+        assert ("reference" in inputs) == (reference is not None)
+    assert first_step["itself"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(first_step["sft"]) > 1e-4

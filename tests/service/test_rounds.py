@@ -167,11 +167,16 @@ def test_round_pipeline_reads_the_snapshot_and_warm_starts_from_the_previous_rou
     previous = {"lineage": {"reward": {"path": "/r/2/reward"}, "policy": {"path": "/r/2/dpo"}}}
     second = round_pipeline(config, round_, previous)
     assert (second["reward"]["init_from"], second["dpo"]["init_from"]) == ("/r/2/reward", "/r/2/dpo")
+    assert (
+        "reference_from" not in first["dpo"] and second["dpo"]["reference_from"] == "/models/sft"
+    )  # KL anchor
     ppo = round_pipeline(config, {**round_, "policy_stage": "ppo"}, previous)
     assert ppo["stages"] == ["reward", "ppo"] and ppo["ppo"]["reward_model"] == "reward"
+    assert ppo["ppo"]["reference_from"] == "/models/sft"
     from alignment.config import pipeline_from_dict
 
     assert pipeline_from_dict(second).stage_sections["dpo"]["init_from"] == "/r/2/dpo"  # a valid config
+    assert pipeline_from_dict(ppo).stage_sections["ppo"]["reference_from"] == "/models/sft"
     with pytest.raises(ValueError, match="rounds.sft"):
         round_pipeline(_config(tmp_path, sft=""), round_, None)
 
