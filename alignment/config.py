@@ -181,6 +181,7 @@ NON_SEMANTIC_KEYS = frozenset(
         "save_total_limit",
         "dataloader_num_workers",
         "source_path",
+        "cache_critic_trunk",
     }
 )
 

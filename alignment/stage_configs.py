@@ -92,6 +92,10 @@ class PPOStageConfig(StageArgsMixin, TrainingArguments):
     init model with a fresh value head), `reward`, `policy`, or a sequence-classification model path."""
     critic_trainable_last_n_blocks: int | None = None
     """Train only the critic's last N blocks (+ value head); None trains it whole."""
+    cache_critic_trunk: bool = True
+    """With a partly frozen critic, keep the frozen blocks' output from the rollout and run only the trained blocks
+    in the PPO epochs (the frozen trunk's activations do not change); checked against the full pass once per run,
+    off under ZeRO-3 (sharded blocks). Same values, less compute; not part of the config hash."""
     min_rm_accuracy: float = 0.6
     """Refuse to optimise against a learned RM whose held-out accuracy (diagnostics.json) is lower."""
     force: bool = False

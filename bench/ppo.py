@@ -1,7 +1,7 @@
 """PPO benchmark: our PPO against a learned RM and against `rule:tasks`, and TRL 1.12.0's PPOTrainer beside it.
 
     python -m bench ppo --pipeline configs/pipelines/quickstart-ppo.yaml --from runs/quickstart-ppo \\
-        [--peer-python .venv-trl112/bin/python] [--out runs/bench/ppo] [key=value ...]
+        [--peer-python .venv-trl112/bin/python] [--out runs/bench/ppo] [--kl-sweep trl-rm:0.2,0.5] [key=value ...]
 
 From a finished pipeline's SFT policy and RM (`--from`, e.g. the quickstart-ppo run), in one process run:
 1. *ours-rm*: `alignment stage ppo` against the RM, with the pipeline's `ppo` section (overrides apply);
@@ -10,6 +10,8 @@ From a finished pipeline's SFT policy and RM (`--from`, e.g. the quickstart-ppo 
    (bench/peers/trl112_ppo.py) on the same SFT policy, RM (normalised the same way), prompts, rollout and
    mini-batch sizes, generation length and temperature, KL coefficient, clip ranges, learning rate, LoRA and
    critic freezing, and number of PPO updates;
+   `--kl-sweep ARM:C1,C2` adds runs of an arm at other KL coefficients (`ARM@kl=C`), to compare gold scores
+   where the arms reach the same KL;
 4. evaluation of the SFT policy and every arm with the same code (alignment.evaluate) on the pipeline's held-out
    `evaluation` prompts: gold score of greedy answers, the RM's score of those answers, and KL(policy || SFT)
    estimated on the policy's own samples at temperature 1.
@@ -132,6 +134,12 @@ def _peer_settings(pipeline: Any, sft: Path, reward: Path, prompts_file: Path) -
     }, args
 
 
+def _kl_coef(pipeline: Any) -> float:
+    from alignment.config import stage_args
+
+    return stage_args(pipeline, "ppo", output_dir=str(Path(pipeline.output_dir) / ".work" / "ppo")).kl_coef
+
+
 def _peer_arm(peer_python: str, pipeline: Any, out: Path, sft: Path, reward: Path) -> dict[str, Any]:
     from alignment.data import load_checked
 
@@ -210,9 +218,9 @@ def table(result: dict[str, Any]) -> str:
     arms = result["arms"]
     evaluated = result["evaluation"]["results"]
     lines = [
-        "| policy | reward in the loop | gold (95% CI) | RM score | KL to SFT (95% CI) | train samples/s | "
+        "| policy | reward in the loop | kl_coef | gold (95% CI) | RM score | KL to SFT (95% CI) | train samples/s | "
         "time split gen / rollout fwd / score / train (s) |",
-        "|---|---|---|---:|---|---:|---|",
+        "|---|---|---:|---|---:|---|---:|---|",
     ]
     for name, values in evaluated.items():
         arm = arms.get(name, {})
@@ -232,7 +240,7 @@ def table(result: dict[str, Any]) -> str:
             split = "-"
         speed = f"{arm['samples_per_s']:.3f}" if arm else "-"
         lines.append(
-            f"| {name} | {arm.get('reward', '-')} | {values['gold']:.3f} ± {values['gold_ci95']:.3f} | "
+            f"| {name} | {arm.get('reward', '-')} | {arm.get('kl_coef', '-')} | {values['gold']:.3f} ± {values['gold_ci95']:.3f} | "
             f"{values['rm_score']:+.3f} | {values['kl']:.2f} ± {values['kl_ci95']:.2f} | {speed} | {split} |"
         )
     if "trl-rm" in arms and "ours-rm" in arms:
@@ -257,6 +265,13 @@ def main(argv: list[str] | None = None) -> None:
         "--kl-samples", type=int, default=2, help="samples per held-out prompt for the KL estimate"
     )
     parser.add_argument(
+        "--kl-sweep",
+        action="append",
+        default=[],
+        metavar="ARM:C1,C2",
+        help="also run ARM (ours-rm, ours-rule, trl-rm) at these ppo.kl_coef values",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="key=value overrides of the pipeline (e.g. ppo.max_steps=8)"
     )
     cli = parser.parse_args(argv)
@@ -277,23 +292,36 @@ def main(argv: list[str] | None = None) -> None:
         arms_wanted.remove("trl-rm")
         print("no --peer-python: the TRL 1.12.0 arm is skipped", flush=True)
 
+    runs = [(name, name, []) for name in arms_wanted]  # (arm name, kind, extra overrides)
+    for sweep in cli.kl_sweep:
+        kind, _, coefs = sweep.partition(":")
+        if kind not in ("ours-rm", "ours-rule", "trl-rm") or not coefs:
+            raise SystemExit(
+                f"--kl-sweep {sweep!r}: expected ARM:C1,C2 with ARM ours-rm, ours-rule or trl-rm"
+            )
+        if kind == "trl-rm" and not cli.peer_python:
+            raise SystemExit("--kl-sweep trl-rm needs --peer-python")
+        for coef in coefs.split(","):
+            runs.append((f"{kind}@kl={float(coef):g}", kind, [f"ppo.kl_coef={float(coef)}"]))
+
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     arms: dict[str, Any] = {}
-    if "ours-rm" in arms_wanted:
-        arms["ours-rm"] = {
-            "reward": "learned RM",
-            **_our_arm(cli.pipeline, cli.overrides, out / "ours-rm", sft, str(reward)),
-        }
-    if "trl-rm" in arms_wanted:
-        arms["trl-rm"] = {
-            "reward": "learned RM",
-            **_peer_arm(cli.peer_python, pipeline, out / "trl-rm", sft, reward),
-        }
-    if "ours-rule" in arms_wanted:
-        arms["ours-rule"] = {
-            "reward": "rule:tasks",
-            **_our_arm(cli.pipeline, cli.overrides, out / "ours-rule", sft, "rule:tasks"),
-        }
+    for name, kind, extra in runs:
+        overrides = [*cli.overrides, *extra]
+        directory = out / name.replace("@kl=", "-kl")
+        if kind == "trl-rm":
+            arm_pipeline = load_pipeline(cli.pipeline, overrides)
+            arms[name] = {
+                "reward": "learned RM",
+                **_peer_arm(cli.peer_python, arm_pipeline, directory, sft, reward),
+            }
+        else:
+            spec = str(reward) if kind == "ours-rm" else "rule:tasks"
+            arms[name] = {
+                "reward": "learned RM" if kind == "ours-rm" else "rule:tasks",
+                **_our_arm(cli.pipeline, overrides, directory, sft, spec),
+            }
+        arms[name]["kl_coef"] = _kl_coef(load_pipeline(cli.pipeline, overrides))
     policies = {"sft": str(sft), **{name: arm["policy"] for name, arm in arms.items()}}
     evaluation = _evaluate(policies, sft, reward, pipeline, cli.kl_samples)
     result = {

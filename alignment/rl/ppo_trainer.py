@@ -45,14 +45,38 @@ logger = logging.getLogger("alignment.ppo")
 STATE_FILE = "ppo_state.json"
 
 
+def frozen_trunk_blocks(critic: nn.Module) -> int:
+    """How many leading decoder blocks of the critic's backbone nothing trains (its embeddings frozen too): their
+    output is the same in the rollout and in every PPO epoch. 0 when the backbone has no `layers` list."""
+    backbone = getattr(critic, getattr(critic, "base_model_prefix", ""), None)
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or backbone is None:
+        return 0
+    embeddings = backbone.get_input_embeddings()
+    if embeddings is None or any(p.requires_grad for p in embeddings.parameters()):
+        return 0
+    blocks = 0
+    for layer in layers:
+        if any(p.requires_grad for p in layer.parameters()):
+            break
+        blocks += 1
+    return blocks
+
+
 class PolicyAndValue(nn.Module):
     """Policy (causal LM, possibly a PEFT model) and critic (sequence-classification model used per token) in
-    one module, so that one optimiser and one DeepSpeed engine hold both."""
+    one module, so that one optimiser and one DeepSpeed engine hold both.
 
-    def __init__(self, policy: nn.Module, critic: nn.Module) -> None:
+    With `trunk_blocks` = K > 0 the critic's first K blocks are frozen and their output (`trunk`, the hidden
+    states entering block K) can be kept: a pass given `trunk` runs only the blocks after it (the backbone's
+    forward over the remaining blocks, with `trunk` in place of the token embeddings).
+    """
+
+    def __init__(self, policy: nn.Module, critic: nn.Module, trunk_blocks: int = 0) -> None:
         super().__init__()
         self.policy = policy
         self.critic = critic
+        self.trunk_blocks = trunk_blocks
 
     # Generation helpers (TRL's unwrap_model_for_generation) switch activation checkpointing off and on again.
     @property
@@ -75,23 +99,57 @@ class PolicyAndValue(nn.Module):
         position_ids: torch.Tensor,
         with_values: bool = True,
         logits_to_keep: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Policy logits of the last `logits_to_keep` positions (0: all) and the critic's value at every position."""
-        logits = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=logits_to_keep,
-        ).logits
+        trunk: torch.Tensor | None = None,
+        keep_trunk: bool = False,
+        with_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Policy logits of the last `logits_to_keep` positions (0: all), the critic's value at every position,
+        and (`keep_trunk`) the critic's hidden states entering its first trained block."""
+        logits = None
+        if with_logits:
+            logits = self.policy(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=logits_to_keep,
+            ).logits
         if not with_values:
-            return logits, None
+            return logits, None, None
         backbone = getattr(self.critic, self.critic.base_model_prefix)
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        kept: list[torch.Tensor] = []
+        if trunk is not None:
+            layers = backbone.layers
+            backbone.layers = nn.ModuleList(list(layers)[self.trunk_blocks :])
+            try:
+                hidden = backbone(
+                    inputs_embeds=trunk,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                ).last_hidden_state
+            finally:
+                backbone.layers = layers
+        else:
+            hook = None
+            if keep_trunk and self.trunk_blocks:
+
+                def keep(_module: nn.Module, _args: Any, output: Any) -> None:
+                    kept.append((output[0] if isinstance(output, tuple) else output).detach())
+
+                hook = backbone.layers[self.trunk_blocks - 1].register_forward_hook(keep)
+            try:
+                hidden = backbone(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                ).last_hidden_state
+            finally:
+                if hook is not None:
+                    hook.remove()
         values = self.critic.score(hidden).squeeze(-1)
-        return logits, values
+        return logits, values, (kept[0] if kept else None)
 
 
 @dataclass
@@ -111,6 +169,8 @@ class Rollout:
     ended: torch.Tensor
     prompts: list[Any]
     completions: list[str]
+    critic_trunk: torch.Tensor | None = None
+    """(B, T, hidden): the critic's frozen blocks' output, kept for the PPO epochs (None: not cached)."""
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -236,7 +296,19 @@ class PPOTrainer:
         for module in (policy, critic, ref_policy):
             if module is not None:
                 disable_dropout_in_model(module)  # N+ details: dropout off, or log-probs are not reproducible
-        model = PolicyAndValue(policy, critic)
+        # The critic's frozen leading blocks compute the same activations in the rollout and every epoch: keep
+        # them (not under ZeRO-3, whose blocks are sharded and fetched by hooks).
+        trunk_blocks = 0
+        if getattr(args, "cache_critic_trunk", True) and not self.zero3:
+            trunk_blocks = frozen_trunk_blocks(critic)
+        self.trunk_checked = False
+        if trunk_blocks:
+            logger.info(
+                "[ppo] the critic's first %d blocks are frozen: their output is kept from the rollout for the "
+                "PPO epochs (cache_critic_trunk)",
+                trunk_blocks,
+            )
+        model = PolicyAndValue(policy, critic, trunk_blocks)
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable()
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -326,24 +398,27 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------------- rollout
     def _forward_in_chunks(
         self,
-        forward: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+        forward: Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
         batch: dict[str, torch.Tensor],
         query_length: int,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Response log-probs (and values when `forward` gives them), full width, in micro-batches of rows sorted
-        by length and cut to their own longest response (`micro_batch`); `forward` returns the logits of the
-        last `keep` positions (those that predict the response tokens, plus the last)."""
-        rows, width = batch["input_ids"].shape[0], batch["input_ids"].shape[1] - query_length
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Response log-probs (and values and the critic's trunk output when `forward` gives them), full width,
+        in micro-batches of rows sorted by length and cut to their own longest response (`micro_batch`);
+        `forward` returns the logits of the last `keep` positions (those that predict the response tokens, plus
+        the last)."""
+        rows, full = batch["input_ids"].shape
+        width = full - query_length
         order = torch.argsort(batch["attention_mask"].sum(dim=1), stable=True)
         logprobs = torch.zeros(rows, width, device=batch["input_ids"].device)
         values: torch.Tensor | None = None
+        trunk: torch.Tensor | None = None
         size = self.args.per_device_train_batch_size
         for start in range(0, rows, size):
             index = order[start : start + size]
             part = micro_batch(
                 batch["input_ids"], batch["attention_mask"], batch["position_ids"], query_length, index
             )
-            logits, value = forward(
+            logits, value, part_trunk = forward(
                 part.input_ids, part.attention_mask, part.position_ids, keep=part.width + 1
             )
             response = part.input_ids[:, part.query_length :]
@@ -354,19 +429,43 @@ class PPOTrainer:
                 if values is None:
                     values = torch.zeros(rows, width, device=logprobs.device)
                 values[index] = _pad_columns(value[:, part.query_length - 1 : -1].float(), width)
-        return logprobs, values
+            if part_trunk is not None:
+                if trunk is None:
+                    trunk = part_trunk.new_zeros(rows, full, part_trunk.shape[-1])
+                lead = query_length - part.query_length
+                trunk[index, lead : lead + part_trunk.shape[1]] = part_trunk
+                if not self.trunk_checked:
+                    self._check_trunk(part, value, part_trunk)
+        return logprobs, values, trunk
+
+    def _check_trunk(self, part: MicroBatch, values: torch.Tensor, trunk: torch.Tensor) -> None:
+        """Once per run: the critic's values from the kept trunk must equal the full pass's, or caching is
+        turned off (on every process) with a warning (a backbone whose forward does more than embed + blocks)."""
+        self.trunk_checked = True
+        _, cached, _ = self.model(
+            part.input_ids, part.attention_mask, part.position_ids, trunk=trunk, with_logits=False
+        )
+        real = part.attention_mask.bool()
+        error = (cached.float() - values.float())[real].abs().max()
+        tolerance = 1e-3 * (1.0 + values.float()[real].abs().max())
+        failed = self._all_reduce((error > tolerance).float().reshape(1))
+        if float(failed.sum()) > 0:
+            logger.warning(
+                "ppo: the critic's values from its kept frozen blocks differ from the full pass (max |diff| %.3g); "
+                "running the whole critic in every epoch instead (cache_critic_trunk off)",
+                float(error),
+            )
+            self.unwrapped.trunk_blocks = 0
 
     # Each forward returns the logits of the last response_length + 1 positions only: the LM head over the prompt
     # positions (a 576 x 49k matmul per token for SmolLM2) would be computed and thrown away.
-    def _policy_and_values(
-        self, *inputs: torch.Tensor, keep: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.model(*inputs, with_values=True, logits_to_keep=keep)
+    def _policy_and_values(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
+        return self.model(*inputs, with_values=True, logits_to_keep=keep, keep_trunk=True)
 
-    def _policy_only(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _policy_only(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
         return self.model(*inputs, with_values=False, logits_to_keep=keep)
 
-    def _reference(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, None]:
+    def _reference(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, None, None]:
         input_ids, attention_mask, position_ids = inputs
         assert self.ref_policy is not None
         output = self.ref_policy(
@@ -376,7 +475,7 @@ class PPOTrainer:
             use_cache=False,
             logits_to_keep=keep,
         )
-        return output.logits, None
+        return output.logits, None, None
 
     def _reference_logprobs(self, batch: dict[str, torch.Tensor], query_length: int) -> torch.Tensor:
         if self.ref_policy is not None:
@@ -447,7 +546,9 @@ class PPOTrainer:
         timings["generation"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        logprobs, values = self._forward_in_chunks(self._policy_and_values, batch, query_length)
+        logprobs, values, trunk = self._forward_in_chunks(self._policy_and_values, batch, query_length)
+        if not self.unwrapped.trunk_blocks:
+            trunk = None  # the check turned caching off
         ref_logprobs = self._reference_logprobs(batch, query_length)
         assert values is not None
         timings["forward"] = time.perf_counter() - started
@@ -473,6 +574,7 @@ class PPOTrainer:
             logprobs=logprobs * mask,
             ref_logprobs=ref_logprobs * mask,
             values=values * mask,
+            critic_trunk=trunk,
             scores=scores,
             raw_scores=raw_scores,
             ended=ended,
@@ -522,12 +624,17 @@ class PPOTrainer:
                 part = micro_batch(rollout.input_ids, rollout.attention_mask, rollout.position_ids, q, index)
                 cut = slice(0, part.width)  # response columns past every row's end carry mask 0
                 mask = rollout.mask[index][:, cut]
+                trunk = None
+                if rollout.critic_trunk is not None:
+                    lead = q - part.query_length
+                    trunk = rollout.critic_trunk[index][:, lead : lead + part.input_ids.shape[1]]
                 with self.accelerator.accumulate(self.model):
-                    logits, values = self.model(
+                    logits, values, _ = self.model(
                         part.input_ids,
                         part.attention_mask,
                         part.position_ids,
                         logits_to_keep=part.width + 1,
+                        trunk=trunk,
                     )
                     logits = logits[:, :-1]
                     logprobs = gather_response_logprobs(

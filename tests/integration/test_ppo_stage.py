@@ -131,6 +131,34 @@ def test_ppo_resumes_exactly_after_a_kill(
         assert [h[key] for h in history] == pytest.approx([h[key] for h in reference_history], abs=1e-5)
 
 
+def test_keeping_the_critic_trunk_changes_no_logged_figure(sft_and_rm: Path, tmp_path: Path) -> None:
+    """With the critic's first block frozen, its output is kept from the rollout for the PPO epochs; the run logs
+    what a run that passes the whole critic in every epoch logs."""
+    histories = []
+    for cache in ("true", "false"):
+        (tmp_path / cache).mkdir()
+        config = _config(tmp_path / cache, sft_and_rm)
+        result = run_cli(
+            "stage",
+            "ppo",
+            "--config",
+            str(config),
+            "ppo.critic_trainable_last_n_blocks=1",
+            f"ppo.cache_critic_trunk={cache}",
+            "ppo.max_steps=2",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("critic's first 1 blocks are frozen" in result.stderr) == (cache == "true"), result.stderr[
+            -2000:
+        ]
+        assert "differ from the full pass" not in result.stderr
+        histories.append(json.loads((tmp_path / cache / "run" / "ppo" / "log_history.json").read_text()))
+    cached, full = histories
+    assert len(cached) == len(full) == 2
+    for key in ("loss/value", "loss/policy", "value/clipfrac", "value/explained_variance", "objective/kl"):
+        assert [h[key] for h in cached] == pytest.approx([h[key] for h in full], abs=1e-5), key
+
+
 def test_ppo_refuses_a_reward_model_below_the_threshold(sft_and_rm: Path, tmp_path: Path) -> None:
     config = _config(tmp_path, sft_and_rm, ppo__reward_model=str(sft_and_rm / "reward"))
     refused = run_cli("stage", "ppo", "--config", str(config), "ppo.min_rm_accuracy=1.01")
