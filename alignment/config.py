@@ -182,6 +182,7 @@ NON_SEMANTIC_KEYS = frozenset(
         "dataloader_num_workers",
         "source_path",
         "cache_critic_trunk",
+        "fold_adapter_for_generation",
     }
 )
 

@@ -100,6 +100,10 @@ class PPOStageConfig(StageArgsMixin, TrainingArguments):
     """Refuse to optimise against a learned RM whose held-out accuracy (diagnostics.json) is lower."""
     force: bool = False
     """Optimise even against an RM below `min_rm_accuracy` or without diagnostics."""
+    fold_adapter_for_generation: bool = True
+    """With LoRA, generate with the adapter folded into a temporary copy of the adapted weights (one matmul per
+    linear instead of three; the originals are put back untouched); off under ZeRO-3. Log-probs are recomputed
+    with the adapter either way. Costs one copy of the adapted weights while generating; not hashed."""
     rollout_batch_size: int = 16
     """Prompts per process per iteration."""
     ppo_epochs: int = 4

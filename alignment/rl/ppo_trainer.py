@@ -226,6 +226,53 @@ def _pad_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
 
 
+@contextlib.contextmanager
+def adapter_folded(model: nn.Module) -> Iterator[bool]:
+    """A PEFT LoRA model with its active adapters folded into fresh copies of the linear weights they adapt and
+    the adapter layers off, so that each linear is one matmul (decoding a token otherwise runs three per adapted
+    linear). Yields whether it folded; on exit the original weight tensors are put back untouched (no
+    merge/unmerge rounding drift into the frozen base, which is also the reference). Adapters other than plain
+    LoRA on linear layers (DoRA and other variants, embeddings) are left as they are."""
+    try:
+        from peft import PeftModel
+        from peft.tuners.lora.layer import Linear as LoraLinear
+        from peft.tuners.lora.layer import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        yield False
+        return
+    if not isinstance(model, PeftModel):
+        yield False
+        return
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    plain = all(
+        type(m) is LoraLinear
+        and not m.merged
+        and not m.disable_adapters
+        and not any(name in m.lora_magnitude_vector for name in m.active_adapters)
+        and not any(getattr(m, "lora_variant", {}).get(name) for name in m.active_adapters)
+        for m in layers
+    )
+    if not layers or not plain:
+        yield False
+        return
+    swapped: list[tuple[nn.Module, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                base = layer.get_base_layer()
+                delta = [
+                    layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A
+                ]
+                if delta:
+                    swapped.append((base, base.weight.data))
+                    base.weight.data = base.weight.data + sum(delta).to(base.weight.dtype)
+        with model.disable_adapter():
+            yield True
+    finally:
+        for base, original in swapped:
+            base.weight.data = original
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     from trl.trainer.utils import entropy_from_logits as trl_entropy
 
@@ -302,6 +349,7 @@ class PPOTrainer:
         if getattr(args, "cache_critic_trunk", True) and not self.zero3:
             trunk_blocks = frozen_trunk_blocks(critic)
         self.trunk_checked = False
+        self.logged_folding = False
         if trunk_blocks:
             logger.info(
                 "[ppo] the critic's first %d blocks are frozen: their output is kept from the rollout for the "
@@ -496,7 +544,14 @@ class PPOTrainer:
             self.unwrapped.gradient_checkpointing_disable()  # generation needs the KV cache
         try:
             if not self.zero3:
-                yield policy
+                if not getattr(self.args, "fold_adapter_for_generation", True):
+                    yield policy
+                    return
+                with adapter_folded(policy) as folded:
+                    if folded and not self.logged_folding:
+                        self.logged_folding = True
+                        logger.info("[ppo] generating with the LoRA adapter folded into the weights")
+                    yield policy
                 return
             import deepspeed
             from trl.models.utils import add_hooks, remove_hooks

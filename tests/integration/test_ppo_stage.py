@@ -159,6 +159,31 @@ def test_keeping_the_critic_trunk_changes_no_logged_figure(sft_and_rm: Path, tmp
         assert [h[key] for h in cached] == pytest.approx([h[key] for h in full], abs=1e-5), key
 
 
+def test_lora_ppo_generates_with_the_adapter_folded(sft_and_rm: Path, tmp_path: Path) -> None:
+    """With LoRA the reference is the policy without its adapter (first iteration: KL 0), and generation with the
+    adapter folded into the weights gives the run that the adapter layers give."""
+    histories = []
+    for fold in ("true", "false"):
+        (tmp_path / fold).mkdir()
+        config = _config(tmp_path / fold, sft_and_rm, model__tuning__method="lora")
+        result = run_cli(
+            "stage",
+            "ppo",
+            "--config",
+            str(config),
+            f"ppo.fold_adapter_for_generation={fold}",
+            "ppo.max_steps=2",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("adapter folded into the weights" in result.stderr) == (fold == "true"), result.stderr[-2000:]
+        histories.append(json.loads((tmp_path / fold / "run" / "ppo" / "log_history.json").read_text()))
+    folded, layered = histories
+    assert folded[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert folded[1]["objective/kl"] != pytest.approx(0.0, abs=1e-6)  # the adapter trained
+    for key in ("reward/score", "objective/kl", "loss/policy", "loss/value", "response/length"):
+        assert [h[key] for h in folded] == pytest.approx([h[key] for h in layered], abs=1e-4), key
+
+
 def test_ppo_refuses_a_reward_model_below_the_threshold(sft_and_rm: Path, tmp_path: Path) -> None:
     config = _config(tmp_path, sft_and_rm, ppo__reward_model=str(sft_and_rm / "reward"))
     refused = run_cli("stage", "ppo", "--config", str(config), "ppo.min_rm_accuracy=1.01")
