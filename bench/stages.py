@@ -1,7 +1,7 @@
 """Per-stage throughput against this machine's measured matmul peak (MFU), ours beside plain TRL, in one process run.
 
     python -m bench stages [--models tiny,smollm2] [--stages sft,reward,dpo,ppo,grpo] [--steps 8] [--plain-trl]
-        [--accelerate-config configs/accelerate/zero2.yaml] [--out runs/bench/stages]
+        [--accelerate-config configs/accelerate/zero2.yaml] [--out runs/bench/stages] [key=value ...]
 
 1. The limit: dense matmul throughput, measured first. On CPU: fp32 (best of 5 timed 2048^3 products) and bf16
    (512^3: CPUs without bf16 units run it orders of magnitude slower). On a CUDA GPU: bf16 and fp32 (best of 5
@@ -135,15 +135,22 @@ def launcher(accelerate_config: str | None, num_processes: int) -> list[str]:
     ]  # fmt: skip
 
 
-def stage_overrides(stage: str, out: Path, steps: int) -> list[str]:
+def stage_overrides(stage: str, out: Path, steps: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """The pipeline overrides of a benchmarked stage run: the user's `key=value`s, then the bench's own."""
     return [
-        f"output_dir={out}", "tracking.mode=disabled", f"{stage}.max_steps={steps}", f"{stage}.logging_steps=1",
+        *extra, f"output_dir={out}", "tracking.mode=disabled", f"{stage}.max_steps={steps}", f"{stage}.logging_steps=1",
         f"{stage}.save_steps=100000",
     ]  # fmt: skip
 
 
 def stage_command(
-    stage: str, pipeline_path: str, out: Path, steps: int, accelerate_config: str | None, num_processes: int
+    stage: str,
+    pipeline_path: str,
+    out: Path,
+    steps: int,
+    accelerate_config: str | None,
+    num_processes: int,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
     """Our stage: `alignment stage` in this python, or the stage module under `accelerate launch`."""
     entry = (
@@ -153,7 +160,7 @@ def stage_command(
     )
     return [
         *launcher(accelerate_config, num_processes), *entry, "--config", pipeline_path, "--force",
-        *stage_overrides(stage, out, steps),
+        *stage_overrides(stage, out, steps, extra),
     ]  # fmt: skip
 
 
@@ -412,10 +419,13 @@ def measure_stage(
 
     out = Path(cli.out) / model
     pipeline_path = MODELS[model]
-    pipeline = load_pipeline(pipeline_path, stage_overrides(stage, out, cli.steps))
+    overrides = tuple(cli.overrides)
+    pipeline = load_pipeline(pipeline_path, stage_overrides(stage, out, cli.steps, overrides))
     args = stage_args(pipeline, stage, output_dir=str(out / ".work" / stage), **device_defaults())
     method = (args.model or pipeline.model).tuning.method
-    command = stage_command(stage, pipeline_path, out, cli.steps, cli.accelerate_config, cli.num_processes)
+    command = stage_command(
+        stage, pipeline_path, out, cli.steps, cli.accelerate_config, cli.num_processes, overrides
+    )
     process = run_timed(command, out / "logs" / f"{stage}.log")
     history = json.loads((out / stage / "log_history.json").read_text())
     figures = ppo_log_figures(history) if stage == "ppo" else trl_log_figures(history)
@@ -475,6 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--num-processes", type=int, default=1, help="with --accelerate-config")
     parser.add_argument("--out", default="runs/bench/stages")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value pipeline overrides for every model (e.g. sft.packing=true)"
+    )
     cli = parser.parse_args(argv)
     models = [m for m in cli.models.split(",") if m]
     stages = [s for s in cli.stages.split(",") if s]
@@ -499,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     for model in models:
-        size = model_size(load_pipeline(MODELS[model]).model.name_or_path)
+        size = model_size(load_pipeline(MODELS[model], cli.overrides).model.name_or_path)
         for stage in stages:
             row = measure_stage(model, stage, cli, size, peak)
             row["matmul_parameters"] = dataclasses.asdict(size)

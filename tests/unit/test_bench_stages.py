@@ -151,6 +151,15 @@ def test_stage_and_plain_commands() -> None:
     assert single[:5] == [sys.executable, "-m", "alignment.cli", "stage", "dpo"]
     assert "--force" in single
     assert "dpo.max_steps=2" in single and f"output_dir={out}" in single
+    # the user's overrides come first, so that the bench's own (steps, output_dir) win
+    with_extra = stages.stage_command(
+        "dpo", "smoke.yaml", out, 2, None, 1, ("dpo.beta=0.2", "dpo.max_steps=9")
+    )
+    assert (
+        with_extra.index("dpo.beta=0.2")
+        < with_extra.index("dpo.max_steps=9")
+        < with_extra.index("dpo.max_steps=2")
+    )
     zero3 = stages.stage_command(
         "dpo", "configs/pipelines/smoke.yaml", out, 2, "configs/accelerate/zero3.yaml", 1
     )
