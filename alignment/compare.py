@@ -343,9 +343,10 @@ def group_id(config: CompareConfig) -> str:
 
 
 def training_record(run: ArmRun) -> dict[str, Any]:
-    """Wall time and tokens processed of an arm's stage, from its artifact (zero for best-of-n)."""
+    """Wall time and tokens processed of an arm's stage, from its artifact (none for best-of-n, which trains
+    nothing: its cost is n samples per prompt at inference)."""
     if run.arm.stage == BEST_OF_N:
-        return {"wall_time_s": 0.0, "num_tokens": 0.0, "curve": []}
+        return {"wall_time_s": None, "num_tokens": None, "curve": []}
     artifact = run.directory / run.arm.stage
     manifest = artifacts.read_manifest(artifact)
     history_path = artifact / "log_history.json"

@@ -363,7 +363,8 @@ def write(
         f"{decoding['temperature']}, at most {decoding['max_new_tokens']} new tokens; proxy RM `{evaluation['rm']}`, "
         f"gold `{evaluation['gold']}`. KL(policy || SFT) is estimated on the policy's own samples (sum of token "
         "log-ratios); best-of-n's is the analytic log n - (n - 1)/n. Figures are means with 95% intervals over seeds "
-        "(Student t); with one seed, over prompts.",
+        "(Student t); with one seed, over prompts. Wall time and tokens are the arm's training stage (best-of-n "
+        "trains nothing: it pays n samples per prompt at inference instead).",
         "",
         "## Summary",
         "",

@@ -44,6 +44,9 @@ def test_compare_writes_the_report_plots_and_one_wandb_group(comparison: tuple[P
     assert rows["sft"]["kl"]["mean"] == 0.0
     assert rows["best-of-n"]["kl"]["mean"] == pytest.approx(math.log(4) - 0.75)
     assert rows["ppo"]["num_tokens"] > 0 and rows["dpo"]["num_tokens"] > 0 and rows["dpo"]["wall_time_s"] > 0
+    assert (
+        rows["best-of-n"]["wall_time_s"] is None and rows["best-of-n"]["num_tokens"] is None
+    )  # trains nothing
     for arm in ("ppo", "dpo", "best-of-n"):
         wins = rows[arm]["win_rate_rm"]["mean"]
         assert 0.0 <= wins <= 1.0 and 0.0 <= rows[arm]["gold"]["mean"] <= 1.0
