@@ -76,3 +76,19 @@ def logged_losses(artifact: Path) -> list[float]:
     return [
         entry["loss"] for entry in json.loads((artifact / "log_history.json").read_text()) if "loss" in entry
     ]
+
+
+def tiny_llama_config(**overrides: object) -> object:
+    """A small random-weights Llama config for in-process model tests (hidden 32, 4 heads over 2 KV heads)."""
+    from transformers import LlamaConfig
+
+    values: dict[str, object] = {
+        "vocab_size": 97,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "pad_token_id": 0,
+    }
+    return LlamaConfig(**(values | overrides))

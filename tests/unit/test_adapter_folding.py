@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from alignment.rl.ppo_trainer import adapter_folded
+from tests.helpers import tiny_llama_config
 
 
 def _lora_model(**lora: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-    )
+    config = tiny_llama_config()
     model = get_peft_model(
         LlamaForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **lora)
     )
@@ -58,15 +51,6 @@ def test_adapters_it_cannot_fold_are_left_alone() -> None:
     dora = _lora_model(use_dora=True)
     with adapter_folded(dora) as folded:
         assert not folded
-    plain = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=11,
-            hidden_size=8,
-            intermediate_size=8,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
+    plain = LlamaForCausalLM(tiny_llama_config(num_hidden_layers=1))
     with adapter_folded(plain) as folded:
         assert not folded

@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
 from alignment.rl.ppo_math import position_ids_from
 from alignment.rl.ppo_trainer import PolicyAndValue, frozen_trunk_blocks, micro_batch
+from tests.helpers import tiny_llama_config
 
 
 def _models(frozen: int) -> PolicyAndValue:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-    )
-    critic = LlamaForSequenceClassification(config.__class__(**{**config.to_dict(), "num_labels": 1}))
+    config = tiny_llama_config(num_hidden_layers=4)
+    critic = LlamaForSequenceClassification(tiny_llama_config(num_hidden_layers=4, num_labels=1))
     critic.model.embed_tokens.requires_grad_(False)
     for layer in critic.model.layers[:frozen]:
         layer.requires_grad_(False)
