@@ -27,6 +27,28 @@ from pathlib import Path
 import torch
 
 
+def _load_sft_policy(sft_dir: Path) -> torch.nn.Module:
+    """The SFT policy as a plain model with its LoRA adapter (if any) merged, as ours starts from it.
+
+    A LoRA SFT artifact holds its adapter only. Loading that directory with AutoModelForCausalLM attaches the
+    adapter through transformers' PEFT integration; PPOTrainer's own LoRA then stacks on top of it, and TRL's
+    reference (the policy with adapters disabled) becomes the base model instead of the SFT policy: the KL TRL
+    penalises and logs is then to the wrong model.
+    """
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    adapter_config = sft_dir / "adapter_config.json"
+    if not adapter_config.exists():
+        return AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32, use_safetensors=True)
+    base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
+    merged = peft.PeftModel.from_pretrained(base, sft_dir).merge_and_unload()
+    if getattr(merged, "_hf_peft_config_loaded", False) or hasattr(merged, "peft_config"):
+        raise SystemExit(f"{sft_dir}: the SFT adapter is still attached after merging")
+    return merged
+
+
 def _freeze_all_but_last_blocks(model: torch.nn.Module, n: int) -> None:
     """The same freezing as the project's `critic_trainable_last_n_blocks`: last n blocks, final norm, head."""
     for parameter in model.parameters():
@@ -68,7 +90,7 @@ def main() -> None:
     import trl
     import trl.experimental.ppo.ppo_trainer as ppo_module
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     torch.set_num_threads(settings.get("threads") or torch.get_num_threads())
@@ -91,7 +113,7 @@ def main() -> None:
     dataset = Dataset.from_dict({"input_ids": encoded})
 
     transformers.set_seed(settings["seed"])
-    policy = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32, use_safetensors=True)
+    policy = _load_sft_policy(sft_dir)
     value_model = AutoModelForSequenceClassification.from_pretrained(
         rm_dir, num_labels=1, dtype=torch.float32, use_safetensors=True
     )
