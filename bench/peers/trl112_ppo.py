@@ -31,9 +31,9 @@ def _load_sft_policy(sft_dir: Path) -> torch.nn.Module:
     """The SFT policy as a plain model with its LoRA adapter (if any) merged, as ours starts from it.
 
     A LoRA SFT artifact holds its adapter only. Loading that directory with AutoModelForCausalLM attaches the
-    adapter through transformers' PEFT integration; PPOTrainer's own LoRA then stacks on top of it, and TRL's
-    reference (the policy with adapters disabled) becomes the base model instead of the SFT policy: the KL TRL
-    penalises and logs is then to the wrong model.
+    adapter through transformers' PEFT integration; PPOTrainer's own LoRA then stacks beside it. TRL trains and
+    logs correctly that way, but `merge_and_unload()` at the end merges TRL's adapter only: the saved policy was
+    the base model plus TRL's update, without the SFT adapter (docs/BENCHMARKS.md).
     """
     import peft
     from transformers import AutoModelForCausalLM
