@@ -44,6 +44,22 @@ def run_cli(
     )
 
 
+def run_cli_in_process(capsys: object, *args: str) -> tuple[int, str, str]:
+    """`alignment ARGS` through the CLI's entry point in this process: (exit code, stdout, stderr).
+
+    For commands that only read configs (`--dry-run`): a fresh interpreter costs ~10 s of imports per call. The
+    environment is restored afterwards (`compare` sets ALIGNMENT_RUN_ID for its stages).
+    """
+    from unittest import mock
+
+    from alignment.cli import main
+
+    with mock.patch.dict(os.environ):
+        code = main(list(args))
+    captured = capsys.readouterr()  # type: ignore[attr-defined]
+    return code, captured.out, captured.err
+
+
 def accelerate_launch(
     config_file: str,
     module: str,

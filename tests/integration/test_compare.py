@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import REPO, run_cli, write_config
+from tests.helpers import REPO, run_cli, run_cli_in_process, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -131,15 +129,13 @@ def test_eval_errors_name_the_option(comparison: tuple[Path, Path, str], tmp_pat
 
 
 def test_every_shipped_compare_config_dry_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from alignment.cli import main  # in this process: no interpreter start per config (see test_pipeline)
-
     for path in sorted((REPO / "configs" / "compare").glob("*.yaml")):
-        with mock.patch.dict(os.environ):  # compare sets ALIGNMENT_RUN_ID for its stages
-            code = main(["compare", str(path), f"output_dir={tmp_path / path.stem}", "--dry-run"])
-        captured = capsys.readouterr()
-        assert code == 0, (path, captured.err[-2000:])
+        code, out, err = run_cli_in_process(
+            capsys, "compare", str(path), f"output_dir={tmp_path / path.stem}", "--dry-run"
+        )
+        assert code == 0, (path, err[-2000:])
         config = yaml.safe_load(path.read_text())
         for arm in config["arms"]:
             if arm["stage"] != "best_of_n":
-                assert f"alignment.stages.{arm['stage']}" in captured.out, (path, arm)
-                assert f"{arm['name']} " in captured.out, (path, arm)
+                assert f"alignment.stages.{arm['stage']}" in out, (path, arm)
+                assert f"{arm['name']} " in out, (path, arm)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, accelerate_launch, logged_losses, run_cli, write_config
+from tests.helpers import REPO, accelerate_launch, logged_losses, run_cli, run_cli_in_process, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -77,19 +75,15 @@ def test_dry_run_and_from_and_changed_config(smoke_pipeline: tuple[Path, Path, s
 
 
 def test_every_shipped_pipeline_dry_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Through the CLI's entry point in this process: a fresh interpreter per config spent ~10 s each importing
-    # the stack again. The end-to-end tests above run the console script in subprocesses.
-    from alignment.cli import main
-
     for path in sorted((REPO / "configs" / "pipelines").glob("*.yaml")):
-        with mock.patch.dict(os.environ):
-            code = main(["run", str(path), f"output_dir={tmp_path / path.stem}", "--dry-run"])
-        captured = capsys.readouterr()
-        assert code == 0, (path, captured.err[-2000:])
+        code, out, err = run_cli_in_process(
+            capsys, "run", str(path), f"output_dir={tmp_path / path.stem}", "--dry-run"
+        )
+        assert code == 0, (path, err[-2000:])
         stages = yaml.safe_load(path.read_text()).get("stages", ["sft"])
         for stage in stages:
-            assert f"# {stage}: run (no artifact yet)" in captured.out, path
-            assert f"alignment.stages.{stage}" in captured.out, path
+            assert f"# {stage}: run (no artifact yet)" in out, path
+            assert f"alignment.stages.{stage}" in out, path
 
 
 def test_failed_stage_stops_with_log_and_rerun_command(tmp_path: Path, tiny_model_dir: Path) -> None:
