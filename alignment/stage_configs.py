@@ -102,14 +102,23 @@ class PPOStageConfig(StageArgsMixin, TrainingArguments):
     """Optimise even against an RM below `min_rm_accuracy` or without diagnostics."""
     fold_adapter_for_generation: bool = True
     """With LoRA, generate with the adapter folded into a temporary copy of the adapted weights (one matmul per
-    linear instead of three; the originals are put back untouched); off under ZeRO-3. Log-probs are recomputed
-    with the adapter either way. Costs one copy of the adapted weights while generating; not hashed."""
+    linear instead of three; the originals are put back untouched); off under ZeRO-3. The reference's log-probs
+    and the PPO updates use the adapter as it is. Costs one copy of the adapted weights while generating; not
+    hashed."""
+    logprobs_from_generation: bool = True
+    """Keep each sampled token's log-prob from the logits it was drawn from (divided by `temperature`) instead of
+    recomputing the policy's log-probs with a forward pass after generation, as TRL's and OpenAI's PPO do: one
+    forward pass less per rollout. Checked once per run against a full pass; above
+    `generation_logprob_tolerance` the trainer falls back to recomputing, with a warning."""
+    generation_logprob_tolerance: float = 0.01
+    """Mean |log-prob difference| per response token allowed between sampling and a full forward pass."""
     rollout_batch_size: int = 16
     """Prompts per process per iteration."""
     ppo_epochs: int = 4
     max_new_tokens: int = 64
     temperature: float = 0.7
-    """Sampling temperature; log-probs are recomputed from logits divided by it (N+ details #23)."""
+    """Sampling temperature; every log-prob (sampling, reference, PPO updates) is taken from logits divided by it
+    (N+ details #23)."""
     kl_coef: float = 0.05
     """Initial coefficient of the per-token KL penalty to the reference."""
     adaptive_kl: bool = False

@@ -97,11 +97,14 @@ def ppo_flops(
     ppo_epochs: int,
     critic_trainable_last_n_blocks: int | None = None,
     cache_critic_trunk: bool = False,
+    old_logprob_pass: bool = True,
 ) -> float:
-    """Model FLOPs of our PPO over `tokens` query + response tokens of which `response_tokens` were generated."""
+    """Model FLOPs of our PPO over `tokens` query + response tokens of which `response_tokens` were generated;
+    `old_logprob_pass`: the policy's log-probs are recomputed after generation (`logprobs_from_generation` off)."""
     policy_pass = size.body * tokens + size.lm_head * response_tokens  # one pass's matmul work / 2
     generation = 2 * size.causal_lm * response_tokens
-    rollout = 2 * policy_pass + 2 * policy_pass + 2 * size.scorer * tokens  # policy, reference, critic
+    # policy (when recomputed), reference, critic
+    rollout = (2 * policy_pass if old_logprob_pass else 0) + 2 * policy_pass + 2 * size.scorer * tokens
     if critic_trainable_last_n_blocks is None:
         critic_update = 6 * size.scorer * tokens
     else:

@@ -385,6 +385,7 @@ def run_flops(
             args.ppo_epochs,
             args.critic_trainable_last_n_blocks,
             args.cache_critic_trunk,
+            old_logprob_pass=not args.logprobs_from_generation,
         )
     if stage == "grpo":
         generate_every = args.steps_per_generation * args.num_iterations

@@ -2,8 +2,10 @@
 
 One iteration:
     1. rollout   the policy samples a completion per prompt (weights gathered once under ZeRO-3, never
-                 token-by-token over shards); log-probs, reference log-probs and values are recomputed in one
-                 forward each, from logits divided by the sampling temperature;
+                 token-by-token over shards) and keeps each sampled token's log-prob from the logits it was
+                 drawn from, divided by the sampling temperature (checked once per run against a full forward
+                 pass; `logprobs_from_generation: false` recomputes them); reference log-probs and values take
+                 one forward each;
     2. score     the reward (any `reward_models` spec: a learned RM with its own tokenizer, a rule, a mix) scores
                  the decoded text; responses that never emit EOS are penalised;
     3. advantage per-token reward = -kl_coef * KL(pi || ref) + score at the last token; GAE(gamma, lambda);
@@ -273,6 +275,46 @@ def adapter_folded(model: nn.Module) -> Iterator[bool]:
             base.weight.data = original
 
 
+class SampledLogprobs:
+    """A logits processor that divides the logits by the sampling temperature (generate is then run at
+    temperature 1, so nothing else rescales them) and keeps, for every generated token, its log-prob under the
+    distribution it was drawn from: the behaviour policy's log-probs, without a second forward pass.
+
+    Memory: one (batch, vocab) row of log-probs at a time, not the whole (steps, batch, vocab) of
+    `output_logits`. At step t the newest column of `input_ids` is the token drawn at step t-1; the last token
+    is gathered in `finish`."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None
+        self.taken: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.taken.append(self.previous.gather(1, input_ids[:, -1:]))
+        scores = scores / self.temperature
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor, query_length: int) -> torch.Tensor:
+        """(B, generated columns): the log-prob of every token `generate` appended after `query_length`."""
+        if self.previous is not None:
+            self.taken.append(self.previous.gather(1, sequences[:, -1:]))
+            self.previous = None
+        generated = sequences.shape[1] - query_length
+        if len(self.taken) != generated:
+            raise RuntimeError(
+                f"ppo: recorded {len(self.taken)} sampling steps for {generated} generated tokens; run with "
+                "logprobs_from_generation: false"
+            )
+        taken, self.taken = self.taken, []
+        return (
+            torch.cat(taken, dim=1)
+            if taken
+            else sequences.new_zeros(sequences.shape[0], 0, dtype=torch.float)
+        )
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     from trl.trainer.utils import entropy_from_logits as trl_entropy
 
@@ -350,6 +392,8 @@ class PPOTrainer:
             trunk_blocks = frozen_trunk_blocks(critic)
         self.trunk_checked = False
         self.logged_folding = False
+        self.use_generation_logprobs = bool(getattr(args, "logprobs_from_generation", True))
+        self.generation_logprobs_checked = False
         if trunk_blocks:
             logger.info(
                 "[ppo] the critic's first %d blocks are frozen: their output is kept from the rollout for the "
@@ -398,7 +442,8 @@ class PPOTrainer:
         return GenerationConfig(
             max_new_tokens=self.args.max_new_tokens,
             do_sample=True,
-            temperature=self.args.temperature,
+            # With log-probs kept from sampling, `SampledLogprobs` divides by the temperature itself.
+            temperature=1.0 if self.use_generation_logprobs else self.args.temperature,
             top_k=0,
             top_p=1.0,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -450,7 +495,8 @@ class PPOTrainer:
         batch: dict[str, torch.Tensor],
         query_length: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Response log-probs (and values and the critic's trunk output when `forward` gives them), full width,
+        """Response log-probs (zeros when `forward` gives no logits), values and the critic's trunk output (when
+        `forward` gives them), full width,
         in micro-batches of rows sorted by length and cut to their own longest response (`micro_batch`);
         `forward` returns the logits of the last `keep` positions (those that predict the response tokens, plus
         the last)."""
@@ -469,10 +515,11 @@ class PPOTrainer:
             logits, value, part_trunk = forward(
                 part.input_ids, part.attention_mask, part.position_ids, keep=part.width + 1
             )
-            response = part.input_ids[:, part.query_length :]
-            logprobs[index] = _pad_columns(
-                gather_response_logprobs(logits[:, :-1], response, self.args.temperature), width
-            )
+            if logits is not None:
+                response = part.input_ids[:, part.query_length :]
+                logprobs[index] = _pad_columns(
+                    gather_response_logprobs(logits[:, :-1], response, self.args.temperature), width
+                )
             if value is not None:
                 if values is None:
                     values = torch.zeros(rows, width, device=logprobs.device)
@@ -505,6 +552,38 @@ class PPOTrainer:
             )
             self.unwrapped.trunk_blocks = 0
 
+    def _check_generation_logprobs(
+        self, batch: dict[str, torch.Tensor], query_length: int, sampled: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Once per run: the log-probs kept while sampling must match a full forward pass's (same weights, same
+        temperature), or every later rollout recomputes them (on every process) with a warning: a backbone whose
+        cached decoding differs from its full pass, or generation settings that reshape the distribution.
+        Returns the log-probs this rollout uses."""
+        self.generation_logprobs_checked = True
+        recomputed = self._forward_in_chunks(self._policy_only, batch, query_length)[0]
+        real = mask.bool()
+        difference = (sampled - recomputed)[real].abs()
+        mean = difference.mean() if difference.numel() else difference.new_zeros(())
+        # Mean |diff| per token: a wrong temperature or a filtered distribution moves it by tenths of a nat; the
+        # numerical noise of cached decoding is ~1e-6 in fp32 and ~1e-2 in bf16.
+        failed = self._all_reduce((mean > self.args.generation_logprob_tolerance).float().reshape(1))
+        logger.info(
+            "[ppo] log-probs kept while sampling vs a full forward pass: mean |diff| %.3g, max %.3g per token",
+            float(mean),
+            float(difference.max()) if difference.numel() else 0.0,
+        )
+        if float(failed.sum()) > 0:
+            logger.warning(
+                "ppo: the log-probs kept while sampling differ from a full forward pass's (mean |diff| %.3g per "
+                "token > generation_logprob_tolerance %.3g); recomputing them with a forward pass from now on",
+                float(mean),
+                self.args.generation_logprob_tolerance,
+            )
+            self.use_generation_logprobs = False
+            self.generation_config = self._generation_config()
+            return recomputed
+        return sampled
+
     # Each forward returns the logits of the last response_length + 1 positions only: the LM head over the prompt
     # positions (a 576 x 49k matmul per token for SmolLM2) would be computed and thrown away.
     def _policy_and_values(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
@@ -512,6 +591,9 @@ class PPOTrainer:
 
     def _policy_only(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
         return self.model(*inputs, with_values=False, logits_to_keep=keep)
+
+    def _values_only(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
+        return self.model(*inputs, with_logits=False, keep_trunk=True)
 
     def _reference(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, None, None]:
         input_ids, attention_mask, position_ids = inputs
@@ -580,17 +662,22 @@ class PPOTrainer:
 
         self.model.eval()
         torch.manual_seed(self._seed(iteration))
+        recorder = SampledLogprobs(self.args.temperature) if self.use_generation_logprobs else None
         with self._policy_for_generation() as policy:
             sequences = policy.generate(
                 input_ids=query["input_ids"],
                 attention_mask=query["attention_mask"],
                 generation_config=self.generation_config,
+                logits_processor=[recorder] if recorder is not None else None,
             )
         response = sequences[:, query_length:]
         mask, ended = pm.response_mask(response, tok.eos_token_id)
         # Every later pass costs in proportion to the sequence length: cut the columns past the longest response.
         width = max(1, int(mask.sum(dim=1).max().item()))
         response, mask = response[:, :width], mask[:, :width]
+        sampled_logprobs = (
+            recorder.finish(sequences, query_length)[:, :width] if recorder is not None else None
+        )
         response = torch.where(mask.bool(), response, torch.full_like(response, tok.pad_token_id))
         attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
         batch = {
@@ -601,7 +688,13 @@ class PPOTrainer:
         timings["generation"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        logprobs, values, trunk = self._forward_in_chunks(self._policy_and_values, batch, query_length)
+        if sampled_logprobs is None:
+            logprobs, values, trunk = self._forward_in_chunks(self._policy_and_values, batch, query_length)
+        else:
+            _, values, trunk = self._forward_in_chunks(self._values_only, batch, query_length)
+            logprobs = sampled_logprobs
+            if not self.generation_logprobs_checked:
+                logprobs = self._check_generation_logprobs(batch, query_length, sampled_logprobs, mask)
         if not self.unwrapped.trunk_blocks:
             trunk = None  # the check turned caching off
         ref_logprobs = self._reference_logprobs(batch, query_length)

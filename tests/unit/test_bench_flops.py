@@ -53,6 +53,13 @@ def test_ppo_flops_critic_trained_whole() -> None:
     assert ppo_flops(SIZE, "full", tokens=10, response_tokens=4, ppo_epochs=2) == 104200
 
 
+def test_ppo_flops_with_log_probs_kept_from_sampling() -> None:
+    # no policy pass after generation: 2 x 5000 fewer in the rollout
+    recomputed = ppo_flops(SIZE, "full", tokens=10, response_tokens=4, ppo_epochs=2)
+    kept = ppo_flops(SIZE, "full", tokens=10, response_tokens=4, ppo_epochs=2, old_logprob_pass=False)
+    assert recomputed - kept == 2 * 5000
+
+
 def test_ppo_flops_partly_frozen_critic_with_and_without_the_cached_trunk() -> None:
     # last 1 of 4 blocks trainable: trained part 100 / 4 + 10 = 35 per token
     with_cache = (2 * 35 + 4 * 35) * 10  # only the trained blocks run in the epochs: 2100
