@@ -102,8 +102,17 @@ class StageRun:
     def prepare_work_dir(self) -> str | None:
         """Create the work dir; return the checkpoint to resume from. Refuses to resume across config changes."""
         hash_file = self.work_dir / "CONFIG_HASH"
+        # --force on a finished stage trains it again from the start: the work dir's checkpoints are the finished
+        # run's (resuming from its last one would train nothing and publish the same weights again).
+        fresh = self.restart or (self.force and artifacts.is_complete(self.output_dir))
         if self.is_main:
-            if self.restart and self.work_dir.exists():
+            if fresh and self.work_dir.exists():
+                if not self.restart:
+                    logger.info(
+                        "[%s] --force: discarding the finished run's checkpoints in %s",
+                        self.stage,
+                        self.work_dir,
+                    )
                 shutil.rmtree(self.work_dir)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             if self.staging.exists():

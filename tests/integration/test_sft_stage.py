@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,22 @@ def test_rerun_with_same_config_reuses_the_artifact(smoke_run: tuple[Path, str])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "complete artifact with the same config exists" in result.stdout
     assert (run_dir / "sft" / "MANIFEST.json").read_text() == before
+
+
+def test_force_trains_a_finished_stage_again_from_the_start(
+    tmp_path: Path, smoke_run: tuple[Path, str]
+) -> None:
+    """--force on a finished stage discards that run's checkpoints instead of resuming from its last one."""
+    shutil.copytree(smoke_run[0], tmp_path / "run", symlinks=True)
+    assert list((tmp_path / "run" / ".work" / "sft").glob("checkpoint-*"))  # the finished run's
+    config = write_config(tmp_path)
+    forced = run_cli("stage", "sft", "--config", str(config), "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "discarding the finished run's checkpoints" in forced.stderr
+    assert "resuming from" not in forced.stderr
+    losses = logged_losses(tmp_path / "run" / "sft")
+    assert len(losses) == 8
+    assert losses == pytest.approx(logged_losses(smoke_run[0] / "sft"), abs=1e-5)
 
 
 def test_exact_resume_after_kill_matches_uninterrupted(tmp_path: Path, smoke_run: tuple[Path, str]) -> None:
