@@ -16,8 +16,9 @@ Per stage, T = the tokens the trainer logs as `num_tokens`:
           the reference is the adapter-disabled policy: the same count);
 - ppo (ours, alignment.rl.ppo_trainer): T = query + response tokens of all rollouts, R = response tokens, E =
   `ppo_epochs`. Generation: 2 x (body + LM head) per generated token (R; the prompt prefill is not counted).
-  Rollout forward passes: policy and reference 2 x (body x T + LM head x R) each (the trainer computes LM-head
-  logits for response positions only), critic 2 x (body + score) x T. Each of the E epochs: policy training x
+  Rollout forward passes: reference 2 x (body x T + LM head x R) (the trainer computes LM-head logits for
+  response positions only), the policy the same only with `logprobs_from_generation` off (by default the sampled
+  tokens' log-probs are kept while generating), critic 2 x (body + score) x T. Each of the E epochs: policy training x
   (body x T + LM head x R); critic 6 x (body + score) x T when trained whole, else with its last k of L blocks
   trainable: a forward pass over the blocks it runs (all of them, or only the k after the cached frozen trunk
   with `cache_critic_trunk`) plus 4 x the trained part (backward through the trained blocks only). The critic is
