@@ -83,3 +83,22 @@ def test_the_recorder_refuses_a_sequence_it_did_not_see_generated() -> None:
     sequences = _generate(model, ids, attention, 0.7, recorder)
     with pytest.raises(RuntimeError, match="logprobs_from_generation: false"):
         recorder.finish(torch.cat([sequences, sequences[:, -1:]], dim=1), ids.shape[1])
+
+
+def test_a_decoding_step_undone_by_generate_is_dropped() -> None:
+    """Some devices defer generate's stop check by one step and undo the extra token: the processor then sees one
+    call more than there are tokens, and the undone step's distribution is dropped."""
+    model = _model()
+    ids, attention = _left_padded_prompts()
+    recorder = SampledLogprobs(0.7)
+    sequences = _generate(model, ids, attention, 0.7, recorder)
+    expected = recorder.finish(sequences, ids.shape[1])
+    replay = SampledLogprobs(0.7)
+    generated = sequences.shape[1] - ids.shape[1]
+    full_attention = torch.cat([attention, torch.ones_like(sequences[:, ids.shape[1] :])], dim=1)
+    with torch.no_grad():
+        for t in range(generated + 1):  # calls for every token, plus the undone one
+            prefix, mask = sequences[:, : ids.shape[1] + t], full_attention[:, : ids.shape[1] + t]
+            logits = model(input_ids=prefix, attention_mask=mask, position_ids=position_ids_from(mask)).logits
+            replay(prefix, logits[:, -1])
+    torch.testing.assert_close(replay.finish(sequences, ids.shape[1]), expected, atol=1e-4, rtol=1e-4)
