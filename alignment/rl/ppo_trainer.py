@@ -310,11 +310,7 @@ class SampledLogprobs:
                 "logprobs_from_generation: false"
             )
         taken, self.taken = self.taken, []
-        return (
-            torch.cat(taken, dim=1)
-            if taken
-            else sequences.new_zeros(sequences.shape[0], 0, dtype=torch.float)
-        )
+        return torch.cat(taken, dim=1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -472,6 +468,11 @@ class PPOTrainer:
             return tensor
         return self.accelerator.reduce(tensor.contiguous(), reduction="sum")
 
+    def _on_any_process(self, flag: torch.Tensor) -> bool:
+        """True when `flag` (a boolean scalar) is true on at least one process: every process then takes the
+        same branch of a once-per-run check."""
+        return float(self._all_reduce(flag.float().reshape(1)).sum()) > 0
+
     def _global_mean(self, tensor: torch.Tensor) -> float:
         stats = self._all_reduce(torch.stack([tensor.float().sum(), torch.tensor(float(tensor.numel()))]))
         return float(stats[0] / stats[1].clamp_min(1.0))
@@ -545,8 +546,7 @@ class PPOTrainer:
         real = part.attention_mask.bool()
         error = (cached.float() - values.float())[real].abs().max()
         tolerance = 1e-3 * (1.0 + values.float()[real].abs().max())
-        failed = self._all_reduce((error > tolerance).float().reshape(1))
-        if float(failed.sum()) > 0:
+        if self._on_any_process(error > tolerance):
             logger.warning(
                 "ppo: the critic's values from its kept frozen blocks differ from the full pass (max |diff| %.3g); "
                 "running the whole critic in every epoch instead (cache_critic_trunk off)",
@@ -568,13 +568,13 @@ class PPOTrainer:
         mean = difference.mean() if difference.numel() else difference.new_zeros(())
         # Mean |diff| per token: a wrong temperature or a filtered distribution moves it by tenths of a nat; the
         # numerical noise of cached decoding was 4e-6 in fp32 on SmolLM2 (bf16's is larger, not measured here).
-        failed = self._all_reduce((mean > self.args.generation_logprob_tolerance).float().reshape(1))
+        failed = self._on_any_process(mean > self.args.generation_logprob_tolerance)
         logger.info(
             "[ppo] log-probs kept while sampling vs a full forward pass: mean |diff| %.3g, max %.3g per token",
             float(mean),
             float(difference.max()) if difference.numel() else 0.0,
         )
-        if float(failed.sum()) > 0:
+        if failed:
             logger.warning(
                 "ppo: the log-probs kept while sampling differ from a full forward pass's (mean |diff| %.3g per "
                 "token > generation_logprob_tolerance %.3g); recomputing them with a forward pass from now on",
