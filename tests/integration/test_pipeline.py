@@ -152,7 +152,9 @@ def test_reference_from_anchors_the_kl_to_another_artifact(
     tmp_path: Path, smoke_pipeline: tuple[Path, Path, str], stage: str
 ) -> None:
     """Training on from the DPO policy: with the default reference (the init model itself) the first step's
-    policy/reference log-ratio is exactly zero; with `reference_from` the SFT policy, it is not."""
+    policy/reference log-ratio is zero; with `reference_from` the SFT policy, it is not. For PPO "zero" is up to
+    float32 rounding: the policy's log-probs are kept while sampling (incremental decoding with a KV cache) and
+    the reference's come from one forward pass over the whole sequence, which round differently (~1e-6)."""
     base, _, _ = smoke_pipeline
     first_step = {}
     for name, reference in (("itself", None), ("sft", str(base / "run" / "sft"))):
@@ -173,5 +175,5 @@ def test_reference_from_anchors_the_kl_to_another_artifact(
         first_step[name] = next(entry[key] for entry in history if key in entry)
         inputs = json.loads((artifact / "MANIFEST.json").read_text())["inputs"]
         assert ("reference" in inputs) == (reference is not None)
-    assert first_step["itself"] == pytest.approx(0.0, abs=1e-6)
-    assert abs(first_step["sft"]) > 1e-4
+    assert first_step["itself"] == pytest.approx(0.0, abs=1e-6 if stage == "dpo" else 1e-4)
+    assert abs(first_step["sft"]) > 1e-2
