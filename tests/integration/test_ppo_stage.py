@@ -165,7 +165,8 @@ def test_keeping_the_critic_trunk_changes_no_logged_figure(sft_and_rm: Path, tmp
 
 
 def test_lora_ppo_generates_with_the_adapter_folded(sft_and_rm: Path, tmp_path: Path) -> None:
-    """With LoRA the reference is the policy without its adapter (first iteration: KL 0), and generation with the
+    """With LoRA the reference is the policy without its adapter (first iteration: KL 0, up to the float32 rounding
+    between log-probs kept while sampling and the reference's full forward pass, ~1e-6), and generation with the
     adapter folded into the weights gives the run that the adapter layers give."""
     histories = []
     for fold in ("true", "false"):
@@ -183,8 +184,8 @@ def test_lora_ppo_generates_with_the_adapter_folded(sft_and_rm: Path, tmp_path: 
         assert ("adapter folded into the weights" in result.stderr) == (fold == "true"), result.stderr[-2000:]
         histories.append(json.loads((tmp_path / fold / "run" / "ppo" / "log_history.json").read_text()))
     folded, layered = histories
-    assert folded[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)
-    assert folded[1]["objective/kl"] != pytest.approx(0.0, abs=1e-6)  # the adapter trained
+    assert folded[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)
+    assert abs(folded[1]["objective/kl"]) > 1e-3, folded[1]  # the adapter trained
     for key in ("reward/score", "objective/kl", "loss/policy", "loss/value", "response/length"):
         assert [h[key] for h in folded] == pytest.approx([h[key] for h in layered], abs=1e-4), key
 
