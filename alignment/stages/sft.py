@@ -65,6 +65,24 @@ def token_length_fn(tokenizer: Any):
     return token_length
 
 
+def padding_free_warning(args: Any, attn_implementation: str | None) -> str | None:
+    """Why this run's padding-free batches will be slow, or None. TRL trains padding-free (each batch flattened
+    into one row) with `padding_free` or with `bfd` packing; only FlashAttention's variable-length kernels attend
+    within each sequence of that row. Other implementations (sdpa, eager) are given a block-diagonal mask over the
+    whole flattened row, so attention costs (batch x length)^2 instead of batch x length^2."""
+    packed_free = args.packing and args.packing_strategy in ("bfd", "bfd_split")
+    if not (args.padding_free or packed_free) or str(attn_implementation or "").startswith("flash_attention"):
+        return None
+    how = f"packing_strategy={args.packing_strategy}" if packed_free else "padding_free=true"
+    return (
+        f"sft: {how} trains padding-free (each batch of {args.per_device_train_batch_size} flattened into one row), "
+        f"and with attn_implementation={attn_implementation or 'sdpa'} attention runs over the whole flattened row "
+        "(quadratic in batch x max_length). With FlashAttention set model.attn_implementation=flash_attention_2; "
+        "without it, sft.packing_strategy=wrapped (dense rows; a sequence may attend to the one before it) or "
+        "sft.packing=false is faster (docs/BENCHMARKS.md: 1.6x per token on CPU at max_length 512)."
+    )
+
+
 def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     """Model, tokenizer, data and the configured SFTTrainer; returns (trainer, checkpoint to resume)."""
     from datasets import Dataset
@@ -87,6 +105,9 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     peft_config = peft_config_for(model_cfg.tuning)
     if peft_config is not None and model_cfg.tuning.method == "prompt_tuning" and args.packing:
         raise ConfigError("sft: packing does not combine with prompt_tuning (soft prompts per sequence)")
+    warning = padding_free_warning(args, getattr(model.config, "_attn_implementation", None))
+    if warning:
+        logger.warning(warning)
 
     trainer = SFTTrainer(
         model=model,
