@@ -8,6 +8,10 @@ import sys
 SUITES = {
     "stages": ("bench.stages", "per-stage tokens/s and MFU against this machine's measured matmul peak"),
     "ppo": ("bench.ppo", "our PPO vs a learned RM and vs rule:tasks, beside TRL 1.12.0's PPOTrainer"),
+    "decode": (
+        "bench.decode",
+        "one decoding step of `generate` against this machine's memory and compute bounds",
+    ),
     "service": (
         "bench.service",
         "preference-data service: accepted pairs/s and latency, SQLite and PostgreSQL",
