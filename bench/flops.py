@@ -24,12 +24,12 @@ Per stage, T = the tokens the trainer logs as `num_tokens`:
   with `cache_critic_trunk`) plus 4 x the trained part (backward through the trained blocks only). The critic is
   assumed to have the policy's architecture (it starts from the RM or the policy's init model). A learned RM's
   scoring pass (its own tokenizer) is not counted; rule rewards cost no FLOPs.
-- grpo (TRL's GRPOTrainer): T = prompt + completion tokens of all generations, C = completion tokens. Generation:
+- grpo and rloo (TRL's GRPOTrainer and RLOOTrainer, built alike): T = prompt + completion tokens of all generations, C = completion tokens. Generation:
   2 x (body + LM head) x C (prefill not counted). Each of `num_iterations` passes over a generation: training x
   (body x T + LM head x C) (TRL keeps logits for completion positions only). Once per generation: a reference
   forward pass 2 x (body x T + LM head x C) when beta != 0, and an old-log-prob forward pass of the same size
   when the generation does not line up with the optimiser steps (gradient_accumulation_steps not a multiple of steps_per_generation x
-  num_iterations).
+  num_iterations); RLOO always runs that pass.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-stage throughput against this machine's measured matmul peak (MFU), ours beside plain TRL, in one process run.
 
-    python -m bench stages [--models tiny,smollm2] [--stages sft,reward,dpo,ppo,grpo] [--steps 8] [--plain-trl]
+    python -m bench stages [--models tiny,smollm2] [--stages sft,reward,dpo,ppo,grpo,rloo] [--steps 8] [--plain-trl]
         [--accelerate-config configs/accelerate/zero2.yaml] [--out runs/bench/stages] [key=value ...]
 
 1. The limit: dense matmul throughput, measured first. On CPU: fp32 (best of 5 timed 2048^3 products) and bf16
@@ -47,7 +47,9 @@ MODELS = {
     "smollm2": "configs/pipelines/quickstart.yaml",
     "llama0.6b": "configs/pipelines/bench-random-llama-0.6b.yaml",
 }
-STAGES = ("sft", "reward", "dpo", "ppo", "grpo")
+STAGES = ("sft", "reward", "dpo", "ppo", "grpo", "rloo")
+SAMPLING_STAGES = ("grpo", "rloo")
+"""TRL's online trainers: generation, completion tokens and FLOPs counted alike (RLOOTrainer is built as GRPOTrainer)."""
 PLAIN_STAGES = ("sft", "reward", "dpo", "grpo")
 PLAIN_SCRIPT = REPO / "bench" / "peers" / "plain_trl.py"
 SAME_WORK_TOLERANCE = 0.01
@@ -275,8 +277,10 @@ def _plain_value(value: Any) -> Any:
 
 def plain_unsupported(pipeline: Any, stage: str, args: Any) -> str | None:
     """Why the plain TRL arm cannot mirror this stage's run, or None."""
+    if stage == "ppo":
+        return "ppo is our own trainer: TRL 1.16 has none to compare with"
     if stage not in PLAIN_STAGES:
-        return f"{stage} is our own trainer: TRL 1.16 has none to compare with"
+        return f"{stage}: the plain arm mirrors {', '.join(PLAIN_STAGES)} only"
     method = (args.model or pipeline.model).tuning.method
     if method not in ("full", "lora"):
         return f"model.tuning.method={method}: the plain arm mirrors full and lora only"
@@ -387,7 +391,7 @@ def run_flops(
             args.cache_critic_trunk,
             old_logprob_pass=not args.logprobs_from_generation,
         )
-    if stage == "grpo":
+    if stage in SAMPLING_STAGES:
         generate_every = args.steps_per_generation * args.num_iterations
         return grpo_flops(
             size,
@@ -396,7 +400,9 @@ def run_flops(
             figures["completion_tokens"],
             args.num_iterations,
             args.beta,
-            old_logprob_pass=args.gradient_accumulation_steps % generate_every != 0,
+            # GRPO recomputes the sampling policy's log-probs only when its generation does not line up with the
+            # optimiser steps; RLOO always does (its KL-shaped reward needs them).
+            old_logprob_pass=stage == "rloo" or args.gradient_accumulation_steps % generate_every != 0,
         )
     return trl_stage_flops(stage, method, size, tokens)
 
@@ -430,7 +436,7 @@ def measure_stage(
     process = run_timed(command, out / "logs" / f"{stage}.log")
     history = json.loads((out / stage / "log_history.json").read_text())
     figures = ppo_log_figures(history) if stage == "ppo" else trl_log_figures(history)
-    if stage == "grpo":
+    if stage in SAMPLING_STAGES:
         figures["completion_tokens"] = round(grpo_completion_tokens(history, args.generation_batch_size))
     row: dict[str, Any] = {"model": model, "stage": stage, "method": method, **figures, **process}
     row |= rates(figures, run_flops(stage, method, size, figures, args), peak)

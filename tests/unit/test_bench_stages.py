@@ -213,3 +213,18 @@ def test_matmul_peak_is_a_positive_rate() -> None:
     import torch
 
     assert stages.matmul_peak(torch.float32, size=64, repeats=2) > 0
+
+
+def test_rloo_counts_like_grpo_with_its_old_log_prob_pass_always() -> None:
+    from types import SimpleNamespace
+
+    from bench.flops import MatmulParameters, grpo_flops
+
+    size = MatmulParameters(body=100, lm_head=1000, hidden=10, layers=4)
+    figures = {"num_tokens": 10, "completion_tokens": 4}
+    # Aligned generation (accumulation 1 = steps_per_generation 1 x iterations 1): GRPO skips the old-log-prob pass.
+    args = SimpleNamespace(steps_per_generation=1, num_iterations=1, beta=0.05, gradient_accumulation_steps=1)
+    grpo = stages.run_flops("grpo", "lora", size, figures, args)
+    rloo = stages.run_flops("rloo", "lora", size, figures, args)
+    assert grpo == grpo_flops(size, "lora", 10, 4, 1, 0.05, old_logprob_pass=False)
+    assert rloo - grpo == 2 * (100 * 10 + 1000 * 4)  # one more forward pass over the generation
