@@ -1,6 +1,6 @@
 """How a stage's time scales: with the number of samples, with the sequence length, and from 1 to 2 processes.
 
-    python -m bench scaling [--model smollm2] [--stage sft] [--steps 4,8,16] [--lengths 128,256,512]
+    python -m bench scaling [--model smollm2] [--stage sft] [--steps 4,8,16] [--lengths 256,512,1024]
         [--length-steps 4] [--processes 1,2] [--ddp-config configs/accelerate/cpu_ddp.yaml]
         [--out runs/bench/scaling] [key=value ...]
 
@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lengths",
         type=_ints,
-        default=[128, 256, 512],
-        help="packed lengths (sft only; '' skips this sweep)",
+        default=[256, 512, 1024],
+        help="packed lengths (sft only; every row must fit, as the data layer rejects longer rows; '' skips)",
     )
     parser.add_argument("--length-steps", type=int, default=4, help="optimizer steps per length")
     parser.add_argument(
