@@ -383,6 +383,9 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
             f"[red]the base pipeline (SFT, reward model) failed[/red]; see its logs under {base / 'logs'}"
         )
         return code
+    failed: list[
+        dict[str, Any]
+    ] = []  # arms that did not train: the others still run, are evaluated, reported
     for index, arm_run in enumerate(runs, 1):
         if arm_run.arm.stage == BEST_OF_N:
             continue
@@ -393,13 +396,30 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
             config.pipeline, arm_overrides(config, pipeline, arm_run, base), dry_run=dry_run
         )
         if code:
-            console.print(
-                f"[red]arm {arm_run.arm.name} {arm_run.label} seed {arm_run.seed} failed[/red]; re-run the comparison "
-                f"to retry it (finished arms are reused): alignment compare {config_path}"
+            log = arm_run.directory / "logs" / f"{arm_run.arm.stage}.log"
+            reason = pipeline_runner.stage_exception(pipeline_runner.log_lines(log))
+            failed.append(
+                {
+                    "arm": arm_run.arm.name,
+                    "setting": arm_run.setting,
+                    "seed": arm_run.seed,
+                    "log": str(log),
+                    "reason": reason or f"exit {code}; see the log",
+                }
             )
-            return code
+            console.print(
+                f"[red]arm {arm_run.arm.name} {arm_run.label} seed {arm_run.seed} failed[/red]; the other arms go on"
+            )
     if dry_run:
         return 0
+    runs = [r for r in runs if not any(f["arm"] == r.arm.name and f["setting"] == r.setting and
+                                       f["seed"] == r.seed for f in failed)]  # fmt: skip
+    if not runs:
+        console.print("[red]no arm trained[/red]; nothing to evaluate. Failures:")
+        for item in failed:
+            label = f"{item['arm']} {setting_label(item['setting'])} seed {item['seed']}"
+            console.print(f"  {label}: {item['reason']}", markup=False, highlight=False)
+        return 1
     evaluator = Evaluator(config, base, console)
     references = {seed: evaluator.reference(seed)[0] for seed in config.seeds}
     results = [
@@ -422,9 +442,19 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
         reference={"metrics": references, **{k: sft_training[k] for k in ("wall_time_s", "num_tokens")}},
         results=results,
         tracking=(pipeline.tracking.mode, pipeline.tracking.project),
+        failed=failed,
     )
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a log file: the whole table on one line per arm
     console.print(summary["table"])
     console.print(f"wrote {output / 'report.md'}")
-    return 0
+    for item in failed:
+        console.print(
+            f"[red]arm {item['arm']} {setting_label(item['setting'])} seed {item['seed']} did not train[/red]:"
+        )
+        console.print(f"    {item['reason']} (log: {item['log']})", markup=False, highlight=False)
+    if failed:
+        console.print(
+            f"re-run the comparison to retry them (finished arms are reused): alignment compare {config_path}"
+        )
+    return 1 if failed else 0

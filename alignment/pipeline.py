@@ -138,10 +138,29 @@ def stage_error_lines(tail: list[str], limit: int = 15) -> list[str]:
     return lines[-limit:]
 
 
+def stage_exception(lines: list[str]) -> str | None:
+    """The exception line (`Type: message`) that ended a failed stage's log, the launcher's own traceback
+    left out; None when the log has no Python traceback."""
+    lines = stage_error_lines(lines, limit=len(lines))
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return None
+    for line in lines[starts[-1] + 1 :]:  # frames are indented; the exception line is not
+        if line.strip() and not line.startswith((" ", "\t")):
+            return line.strip()
+    return None
+
+
+def log_lines(path: Path) -> list[str]:
+    """A stage log's non-empty lines, progress-bar redraws (carriage returns) split apart."""
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    return [line for line in text.replace("\r", "\n").split("\n") if line.strip()]
+
+
 def _run_stage(step: StagePlan, env: dict[str, str], console: Any) -> int:
     """Run one stage, its output to its log file, showing the latest progress line on the console."""
     step.log_path.parent.mkdir(parents=True, exist_ok=True)
-    tail: deque[str] = deque(maxlen=40)
+    tail: deque[str] = deque(maxlen=400)  # the launcher's own traceback alone can be 40 lines
     with open(step.log_path, "w") as log, console.status(f"[bold]{step.stage}[/bold] starting") as status:
         log.write("$ " + shlex.join(step.command) + "\n")
         log.flush()

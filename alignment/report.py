@@ -118,6 +118,10 @@ COLUMNS = [
 ]
 
 
+def _setting(setting: dict[str, Any]) -> str:
+    return ",".join(f"{key}={value}" for key, value in setting.items()) or "default"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row) for _, cell in COLUMNS) + " |" for row in rows]
@@ -337,8 +341,11 @@ def write(
     reference: dict[str, Any],
     results: list[dict[str, Any]],
     tracking: tuple[str, str],
+    failed: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """report.md, compare.json and the plots under `output`; the same in the W&B group. Returns the rich table."""
+    """report.md, compare.json and the plots under `output`; the same in the W&B group. Returns the rich table.
+    `failed`: arms that did not train (arm, setting, seed, reason, log), listed in the report apart from the table."""
+    failed = failed or []
     from alignment.artifacts import write_json_atomic
     from alignment.tracking import log_results
 
@@ -374,6 +381,22 @@ def write(
         "",
         markdown_table(rows),
         "",
+        *(
+            [
+                "## Arms that did not train",
+                "",
+                "Not in the table or the plots; re-running the comparison retries them.",
+                "",
+                *[
+                    f"- {item['arm']} {_setting(item['setting'])} seed {item['seed']}: {item['reason']} "
+                    f"(log `{item['log']}`)"
+                    for item in failed
+                ],
+                "",
+            ]
+            if failed
+            else []
+        ),
         "## Plots",
         "",
         "![gold vs KL](frontier.png)",
@@ -392,6 +415,7 @@ def write(
             "rows": [{k: v for k, v in row.items() if k != "curves"} for row in rows],
             "results": [{k: v for k, v in r.items() if k != "curve"} for r in results],
             "summary": lines,
+            "failed": failed,
         },
     )
     mode, project = tracking

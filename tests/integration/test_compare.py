@@ -139,3 +139,26 @@ def test_every_shipped_compare_config_dry_runs(tmp_path: Path, capsys: pytest.Ca
             if arm["stage"] != "best_of_n":
                 assert f"alignment.stages.{arm['stage']}" in out, (path, arm)
                 assert f"{arm['name']} " in out, (path, arm)
+
+
+def test_an_arm_that_fails_is_reported_and_the_others_still_run(comparison: tuple[Path, Path, str]) -> None:
+    """An arm whose stage fails (here: a PPO batch that does not divide) does not stop the comparison: the finished
+    arms are reused and evaluated, the report lists the failed arm with its error, and the exit code says so."""
+    path, out, _ = comparison
+    config = yaml.safe_load(path.read_text())
+    config["arms"].append({"name": "ppo-bad", "stage": "ppo", "sweep": {"rollout_batch_size": [6]}})
+    failing = path.with_name("compare-with-a-failing-arm.yaml")
+    failing.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = run_cli("compare", str(failing))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "arm ppo-bad rollout_batch_size=6 seed 1 did not train" in result.stdout
+    error = "ValueError: ppo.rollout_batch_size=6 (prompts per process per iteration) must be a multiple"
+    assert error in result.stdout
+    report = (out / "report.md").read_text()
+    assert "## Arms that did not train" in report
+    assert f"- ppo-bad rollout_batch_size=6 seed 1: {error}" in report
+    for row in ("| ppo | kl_coef=0.05 | 1 |", "| dpo | beta=0.1 | 1 |", "| best-of-n | n=4 | 1 |"):
+        assert row in report  # the other arms are still compared
+    assert "ppo-bad" not in report.split("## Arms that did not train")[0]
+    failed = json.loads((out / "compare.json").read_text())["failed"]
+    assert [(f["arm"], f["setting"]) for f in failed] == [("ppo-bad", {"rollout_batch_size": 6})]
