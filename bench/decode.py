@@ -1,14 +1,15 @@
 """Where a decoding step of HF `generate` goes, against this machine's bounds (PPO's and GRPO's generation phase).
 
-    python -m bench decode [--model smollm2-135m-instruct] [--batch 16] [--new-tokens 48] [--compile]
-        [--out runs/bench/decode]
+    python -m bench decode [--model smollm2-135m-instruct] [--dtype float32] [--batch 16] [--new-tokens 48]
+        [--compile] [--out runs/bench/decode]
 
 The setting is our PPO's rollout: a batch of the quickstart's PPO prompts (builtin:tasks, chat template, left
 padded), sampling at temperature 0.7 over the whole vocabulary with a KV cache, every sequence forced to
 `--new-tokens` (min_new_tokens) so that every step does the same work. Figures, all in one process run:
 1. The bounds of one decoding step. Memory: the weights' bytes (every matmul weight, the LM head included) over
    the measured read bandwidth (best of 5 sums of a 512 MiB fp32 tensor). Compute: 2 x matmul parameters x batch
-   FLOPs over the measured fp32 matmul peak (bench.stages.matmul_peak). The step can be no faster than the larger.
+   FLOPs over the measured matmul peak in `--dtype` (bench.stages.matmul_peak: 2048^3 products in fp32, 512^3 in
+   bf16, as `bench stages` measures them). The step can be no faster than the larger.
 2. The step's matmuls alone: every `nn.Linear` of the model (and the LM head) applied to a (batch, in) input, one
    after the other: what the weights cost at this shape with nothing else around them.
 3. `generate` per decoding step: (time of `--new-tokens` steps - time of 1 step) / (new_tokens - 1), best of 3,
@@ -69,12 +70,12 @@ def step_bounds(model: Any, batch: int, bandwidth: float, peak: float) -> dict[s
     }
 
 
-def matmuls_alone(model: Any, batch: int, repeats: int = 10) -> float:
+def matmuls_alone(model: Any, batch: int, dtype: Any = None, repeats: int = 10) -> float:
     """Best seconds of applying every linear layer of `model` once to a (batch, in_features) input."""
     import torch
 
     layers = linear_layers(model)
-    inputs = {layer.in_features: torch.randn(batch, layer.in_features) for layer in layers}
+    inputs = {layer.in_features: torch.randn(batch, layer.in_features, dtype=dtype) for layer in layers}
     best = float("inf")
     with torch.no_grad():
         for attempt in range(repeats + 2):
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--new-tokens", type=int, default=48, help="decoding steps per call (PPO's max_new_tokens)"
     )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute"
+    )
     parser.add_argument("--compile", action="store_true", help="also time a static cache with torch.compile")
     parser.add_argument("--top", type=int, default=8, help="operators listed from the profile")
     parser.add_argument("--out", default="runs/bench/decode")
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     query = rollout_query(tokenizer, args.batch)
     result: dict[str, Any] = {
         "model": args.model,
@@ -186,12 +191,11 @@ def main(argv: list[str] | None = None) -> None:
         "prompt_columns": int(query["input_ids"].shape[1]),
         "threads": torch.get_num_threads(),
         "read_bandwidth_bytes_per_s": read_bandwidth(),
-        "peak_fp32_flops": matmul_peak(torch.float32),
+        "dtype": args.dtype,
+        "peak_flops": matmul_peak(dtype) if dtype == torch.float32 else matmul_peak(dtype, size=512),
     }
-    result.update(
-        step_bounds(model, args.batch, result["read_bandwidth_bytes_per_s"], result["peak_fp32_flops"])
-    )
-    result["matmuls_alone_s"] = matmuls_alone(model, args.batch)
+    result.update(step_bounds(model, args.batch, result["read_bandwidth_bytes_per_s"], result["peak_flops"]))
+    result["matmuls_alone_s"] = matmuls_alone(model, args.batch, dtype)
     steps = {"dynamic cache": per_step(model, query, tokenizer, args.new_tokens)}
     steps["static cache"] = per_step(model, query, tokenizer, args.new_tokens, cache_implementation="static")
     if args.compile:
@@ -217,8 +221,8 @@ def table(result: dict[str, Any]) -> str:
     gflops = result["flops_per_step"] / 1e9
     lines = [
         f"{result['model']}, batch {result['batch']}, {result['new_tokens']} steps after a "
-        f"{result['prompt_columns']}-column prompt, {result['threads']} threads; fp32 peak "
-        f"{result['peak_fp32_flops'] / 1e9:.1f} GFLOP/s, read bandwidth "
+        f"{result['prompt_columns']}-column prompt, {result['threads']} threads; {result['dtype']} matmul "
+        f"peak {result['peak_flops'] / 1e9:.1f} GFLOP/s, read bandwidth "
         f"{result['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
         "",
         "| one decoding step | ms | x the bound |",

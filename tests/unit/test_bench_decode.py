@@ -26,24 +26,16 @@ def test_bounds_count_every_linear_weight_and_the_batch(tiny_model_dir: Path) ->
     assert bounds["compute_bound_s"] == pytest.approx(2 * parameters * 4 / 1e10)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_run_on_the_tiny_model_times_each_way_and_profiles_the_step(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], dtype: str
 ) -> None:
-    decode.main(
-        [
-            "--model",
-            str(tiny_model_dir),
-            "--batch",
-            "2",
-            "--new-tokens",
-            "4",
-            "--top",
-            "100",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    options = ["--dtype", dtype, "--batch", "2", "--new-tokens", "4", "--top", "100", "--out", str(tmp_path)]
+    decode.main(["--model", str(tiny_model_dir), *options])
     result = json.loads((tmp_path / "result.json").read_text())
+    bytes_per_weight = 4 if dtype == "float32" else 2
+    assert result["dtype"] == dtype
+    assert result["weight_bytes"] == bytes_per_weight * result["matmul_parameters"]
     assert set(result["step_s"]) == {"dynamic cache", "static cache"}
     assert all(seconds > 0 for seconds in result["step_s"].values())
     assert result["matmuls_alone_s"] > 0 and result["read_bandwidth_bytes_per_s"] > 1e8
