@@ -79,7 +79,7 @@ def padding_free_warning(args: Any, attn_implementation: str | None) -> str | No
         f"and with attn_implementation={attn_implementation or 'sdpa'} attention runs over the whole flattened row "
         "(quadratic in batch x max_length). With FlashAttention set model.attn_implementation=flash_attention_2; "
         "without it, sft.packing_strategy=wrapped (dense rows; a sequence may attend to the one before it) or "
-        "sft.packing=false is faster (docs/BENCHMARKS.md: 1.6x per token on CPU at max_length 512)."
+        "sft.packing=false is faster (docs/BENCHMARKS.md, SFT at 512 tokens)."
     )
 
 
