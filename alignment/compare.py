@@ -383,11 +383,12 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
             f"[red]the base pipeline (SFT, reward model) failed[/red]; see its logs under {base / 'logs'}"
         )
         return code
-    failed: list[
-        dict[str, Any]
-    ] = []  # arms that did not train: the others still run, are evaluated, reported
+    # An arm that fails does not stop the others: they still train, are evaluated and reported.
+    trained: list[ArmRun] = []
+    failed: list[dict[str, Any]] = []
     for index, arm_run in enumerate(runs, 1):
-        if arm_run.arm.stage == BEST_OF_N:
+        if arm_run.arm.stage == BEST_OF_N:  # nothing to train
+            trained.append(arm_run)
             continue
         console.print(
             f"[bold]arm {index}/{len(runs)}[/bold]: {arm_run.arm.name} {arm_run.label} seed {arm_run.seed}"
@@ -396,29 +397,18 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
             config.pipeline, arm_overrides(config, pipeline, arm_run, base), dry_run=dry_run
         )
         if code:
-            log = arm_run.directory / "logs" / f"{arm_run.arm.stage}.log"
-            reason = pipeline_runner.stage_exception(pipeline_runner.log_lines(log))
-            failed.append(
-                {
-                    "arm": arm_run.arm.name,
-                    "setting": arm_run.setting,
-                    "seed": arm_run.seed,
-                    "log": str(log),
-                    "reason": reason or f"exit {code}; see the log",
-                }
-            )
+            failed.append(_failure(arm_run, code))
             console.print(
                 f"[red]arm {arm_run.arm.name} {arm_run.label} seed {arm_run.seed} failed[/red]; the other arms go on"
             )
+        else:
+            trained.append(arm_run)
     if dry_run:
         return 0
-    runs = [r for r in runs if not any(f["arm"] == r.arm.name and f["setting"] == r.setting and
-                                       f["seed"] == r.seed for f in failed)]  # fmt: skip
+    runs = trained
     if not runs:
-        console.print("[red]no arm trained[/red]; nothing to evaluate. Failures:")
-        for item in failed:
-            label = f"{item['arm']} {setting_label(item['setting'])} seed {item['seed']}"
-            console.print(f"  {label}: {item['reason']}", markup=False, highlight=False)
+        console.print("[red]no arm trained[/red]; nothing to evaluate.")
+        _print_failures(console, failed, config_path)
         return 1
     evaluator = Evaluator(config, base, console)
     references = {seed: evaluator.reference(seed)[0] for seed in config.seeds}
@@ -448,13 +438,31 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
         console.width = max(console.width, 160)  # a log file: the whole table on one line per arm
     console.print(summary["table"])
     console.print(f"wrote {output / 'report.md'}")
+    _print_failures(console, failed, config_path)
+    return 1 if failed else 0
+
+
+def _failure(arm_run: ArmRun, code: int) -> dict[str, Any]:
+    """What the report says of an arm whose stage failed: which run, and the exception that ended its log."""
+    from alignment import pipeline as pipeline_runner
+
+    log = arm_run.directory / "logs" / f"{arm_run.arm.stage}.log"
+    reason = pipeline_runner.stage_exception(pipeline_runner.log_lines(log))
+    return {
+        "arm": arm_run.arm.name,
+        "setting": arm_run.setting,
+        "label": arm_run.label,
+        "seed": arm_run.seed,
+        "log": str(log),
+        "reason": reason or f"exit {code}; see the log",
+    }
+
+
+def _print_failures(console: Any, failed: list[dict[str, Any]], config_path: str | Path) -> None:
     for item in failed:
-        console.print(
-            f"[red]arm {item['arm']} {setting_label(item['setting'])} seed {item['seed']} did not train[/red]:"
-        )
+        console.print(f"[red]arm {item['arm']} {item['label']} seed {item['seed']} did not train[/red]:")
         console.print(f"    {item['reason']} (log: {item['log']})", markup=False, highlight=False)
     if failed:
         console.print(
             f"re-run the comparison to retry them (finished arms are reused): alignment compare {config_path}"
         )
-    return 1 if failed else 0

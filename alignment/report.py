@@ -118,10 +118,6 @@ COLUMNS = [
 ]
 
 
-def _setting(setting: dict[str, Any]) -> str:
-    return ",".join(f"{key}={value}" for key, value in setting.items()) or "default"
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row) for _, cell in COLUMNS) + " |" for row in rows]
@@ -344,7 +340,7 @@ def write(
     failed: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """report.md, compare.json and the plots under `output`; the same in the W&B group. Returns the rich table.
-    `failed`: arms that did not train (arm, setting, seed, reason, log), listed in the report apart from the table."""
+    `failed`: arms that did not train (arm, label, seed, reason, log), listed in the report apart from the table."""
     failed = failed or []
     from alignment.artifacts import write_json_atomic
     from alignment.tracking import log_results
@@ -388,7 +384,7 @@ def write(
                 "Not in the table or the plots; re-running the comparison retries them.",
                 "",
                 *[
-                    f"- {item['arm']} {_setting(item['setting'])} seed {item['seed']}: {item['reason']} "
+                    f"- {item['arm']} {item['label']} seed {item['seed']}: {item['reason']} "
                     f"(log `{item['log']}`)"
                     for item in failed
                 ],

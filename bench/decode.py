@@ -8,8 +8,7 @@ padded), sampling at temperature 0.7 over the whole vocabulary with a KV cache, 
 `--new-tokens` (min_new_tokens) so that every step does the same work. Figures, all in one process run:
 1. The bounds of one decoding step. Memory: the weights' bytes (every matmul weight, the LM head included) over
    the measured read bandwidth (best of 5 sums of a 512 MiB fp32 tensor). Compute: 2 x matmul parameters x batch
-   FLOPs over the measured matmul peak in `--dtype` (bench.stages.matmul_peak: 2048^3 products in fp32, 512^3 in
-   bf16, as `bench stages` measures them). The step can be no faster than the larger.
+   FLOPs over the matmul peak in `--dtype` that `bench stages` measures (bench.stages.measure_peaks). The step can be no faster than the larger.
 2. The step's matmuls alone: every `nn.Linear` of the model (and the LM head) applied to a (batch, in) input, one
    after the other: what the weights cost at this shape with nothing else around them.
 3. `generate` per decoding step: (time of `--new-tokens` steps - time of 1 step) / (new_tokens - 1), best of 3,
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stages import matmul_peak
+from bench.stages import measure_peaks
 
 TEMPERATURE = 0.7
 BANDWIDTH_BYTES = 512 * 1024 * 1024
@@ -192,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "read_bandwidth_bytes_per_s": read_bandwidth(),
         "dtype": args.dtype,
-        "peak_flops": matmul_peak(dtype) if dtype == torch.float32 else matmul_peak(dtype, size=512),
+        "peak_flops": measure_peaks()["peak_fp32_flops" if args.dtype == "float32" else "peak_bf16_flops"],
     }
     result.update(step_bounds(model, args.batch, result["read_bandwidth_bytes_per_s"], result["peak_flops"]))
     result["matmuls_alone_s"] = matmuls_alone(model, args.batch, dtype)
