@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.config import PipelineConfig
+from alignment.lm_head import use_dense_lm_heads
 from alignment.models import apply_freeze, count_parameters, load_causal_lm, peft_config_for
 from alignment.stages.common import (
     StageRun,
@@ -72,6 +73,11 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         peft_config=peft_config,
         callbacks=[checkpoint_callback(run)],
     )
+    switched = use_dense_lm_heads(trainer)  # no Triton here: TRL's tiled LM-head fallback is about 2x slower
+    if switched:
+        logger.info(
+            "[dpo] LM head: dense logits for the %s (no Triton on this device)", " and ".join(switched)
+        )
     trainable, total = count_parameters(trainer.model)
     reference = (
         f"frozen copy of {reference_path}"
