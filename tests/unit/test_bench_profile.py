@@ -47,9 +47,8 @@ def test_a_run_profiles_the_steps_after_the_wait_and_stops(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], stage: str
 ) -> None:
     out = tmp_path / "profile"
-    profile.main(
-        ["--stage", stage, "--config", SMOKE, "--wait", "1", "--active", "2", "--trace", "--shapes", "--out", str(out)]
-    )
+    options = ["--wait", "1", "--active", "2", "--trace", "--shapes", "--out", str(out)]
+    profile.main(["--stage", stage, "--config", SMOKE, *options])
     result = json.loads((out / "result.json").read_text())
     assert result["stage"] == stage and result["steps"] == 2
     assert result["tokens"] > 0 and 0 < result["mfu"] < 1
