@@ -90,7 +90,7 @@ def trl_stage_flops(stage: str, method: str, size: MatmulParameters, tokens: flo
     raise ValueError(f"no per-token FLOP count for stage {stage!r} (ppo and grpo: ppo_flops, grpo_flops)")
 
 
-def ppo_flops(
+def ppo_phase_flops(
     size: MatmulParameters,
     method: str,
     tokens: float,
@@ -99,11 +99,13 @@ def ppo_flops(
     critic_trainable_last_n_blocks: int | None = None,
     cache_critic_trunk: bool = False,
     old_logprob_pass: bool = True,
-) -> float:
-    """Model FLOPs of our PPO over `tokens` query + response tokens of which `response_tokens` were generated;
-    `old_logprob_pass`: the policy's log-probs are recomputed after generation (`logprobs_from_generation` off)."""
+) -> dict[str, float]:
+    """Model FLOPs of our PPO per phase of its loop (the phases it times: generation, rollout forward passes, RM
+    scoring, training) over `tokens` query + response tokens of which `response_tokens` were generated;
+    `old_logprob_pass`: the policy's log-probs are recomputed after generation (`logprobs_from_generation` off).
+    Scoring is counted over the policy's tokens (the RM re-tokenises the decoded text; with the SFT tokenizer, the
+    same tokens)."""
     policy_pass = size.body * tokens + size.lm_head * response_tokens  # one pass's matmul work / 2
-    generation = 2 * size.causal_lm * response_tokens
     # policy (when recomputed), reference, critic
     rollout = (2 * policy_pass if old_logprob_pass else 0) + 2 * policy_pass + 2 * size.scorer * tokens
     if critic_trainable_last_n_blocks is None:
@@ -112,8 +114,17 @@ def ppo_flops(
         trained = size.body * critic_trainable_last_n_blocks / size.layers + size.hidden
         run = trained if cache_critic_trunk else size.scorer
         critic_update = (2 * run + 4 * trained) * tokens
-    update = ppo_epochs * (training_factor(method) * policy_pass + critic_update)
-    return generation + rollout + update
+    return {
+        "generation": 2 * size.causal_lm * response_tokens,
+        "rollout_forward": rollout,
+        "scoring": 2 * size.scorer * tokens,
+        "training": ppo_epochs * (training_factor(method) * policy_pass + critic_update),
+    }
+
+
+def ppo_flops(*args: Any, **kwargs: Any) -> float:
+    """Model FLOPs of a whole PPO run: `ppo_phase_flops` summed."""
+    return sum(ppo_phase_flops(*args, **kwargs).values())
 
 
 def grpo_flops(

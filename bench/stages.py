@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.flops import MatmulParameters, grpo_flops, matmul_parameters, ppo_flops, trl_stage_flops
+from bench.flops import MatmulParameters, grpo_flops, matmul_parameters, ppo_phase_flops, trl_stage_flops
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -381,16 +381,7 @@ def run_flops(
     if not tokens:
         return None
     if stage == "ppo":
-        return ppo_flops(
-            size,
-            method,
-            tokens,
-            figures["response_tokens"],
-            args.ppo_epochs,
-            args.critic_trainable_last_n_blocks,
-            args.cache_critic_trunk,
-            old_logprob_pass=not args.logprobs_from_generation,
-        )
+        return sum(ppo_phases(size, method, figures, args).values())
     if stage in SAMPLING_STAGES:
         generate_every = args.steps_per_generation * args.num_iterations
         return grpo_flops(
@@ -405,6 +396,20 @@ def run_flops(
             old_logprob_pass=stage == "rloo" or args.gradient_accumulation_steps % generate_every != 0,
         )
     return trl_stage_flops(stage, method, size, tokens)
+
+
+def ppo_phases(size: MatmulParameters, method: str, figures: dict[str, Any], args: Any) -> dict[str, float]:
+    """Model FLOPs of each phase of a PPO run's loop (bench/flops.py), from its logged tokens and its config."""
+    return ppo_phase_flops(
+        size,
+        method,
+        figures["num_tokens"],
+        figures["response_tokens"],
+        args.ppo_epochs,
+        args.critic_trainable_last_n_blocks,
+        args.cache_critic_trunk,
+        old_logprob_pass=not args.logprobs_from_generation,
+    )
 
 
 def rates(figures: dict[str, Any], flops: float | None, peak: float) -> dict[str, Any]:
@@ -440,6 +445,11 @@ def measure_stage(
         figures["completion_tokens"] = round(grpo_completion_tokens(history, args.generation_batch_size))
     row: dict[str, Any] = {"model": model, "stage": stage, "method": method, **figures, **process}
     row |= rates(figures, run_flops(stage, method, size, figures, args), peak)
+    if stage == "ppo":  # each phase against the peak: the training phase has its own goal
+        flops = ppo_phases(size, method, figures, args)
+        row["phase_mfu"] = {
+            name: flops[name] / seconds / peak for name, seconds in figures["phases_s"].items()
+        }
     if cli.plain_trl:
         row["plain_trl"] = measure_plain(pipeline, stage, args, out, cli, size, method, peak, figures)
     return row
@@ -557,6 +567,9 @@ def table(result: dict[str, Any]) -> str:
         )
     for r in result["runs"]:
         if "phases_s" in r:
-            split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in r["phases_s"].items())
+            split = ", ".join(
+                f"{name} {seconds:.1f} s (MFU {100 * r['phase_mfu'][name]:.1f}%)"
+                for name, seconds in r["phases_s"].items()
+            )
             notes.append(f"- {r['model']} ppo loop {r['train_runtime_s']:.1f} s: {split}")
     return "\n".join(lines + ([""] + notes if notes else []))

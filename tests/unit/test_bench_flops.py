@@ -10,6 +10,7 @@ from bench.flops import (
     grpo_flops,
     matmul_parameters,
     ppo_flops,
+    ppo_phase_flops,
     training_factor,
     trl_stage_flops,
 )
@@ -48,9 +49,12 @@ def test_ppo_flops_critic_trained_whole() -> None:
     policy_pass = 100 * 10 + 1000 * 4  # LM head over response positions only: 5000
     generation = 2 * 1100 * 4  # 8800
     rollout = 2 * policy_pass + 2 * policy_pass + 2 * 110 * 10  # policy, reference, critic: 22200
+    scoring = 2 * 110 * 10  # the RM's forward pass over the same tokens: 2200
     update = 2 * (6 * policy_pass + 6 * 110 * 10)  # 73200
-    assert generation + rollout + update == 104200
-    assert ppo_flops(SIZE, "full", tokens=10, response_tokens=4, ppo_epochs=2) == 104200
+    phases = ppo_phase_flops(SIZE, "full", tokens=10, response_tokens=4, ppo_epochs=2)
+    assert phases == {"generation": 8800, "rollout_forward": 22200, "scoring": 2200, "training": 73200}
+    assert generation + rollout + scoring + update == 106400
+    assert ppo_flops(SIZE, "full", tokens=10, response_tokens=4, ppo_epochs=2) == 106400
 
 
 def test_ppo_flops_with_log_probs_kept_from_sampling() -> None:
@@ -64,7 +68,7 @@ def test_ppo_flops_partly_frozen_critic_with_and_without_the_cached_trunk() -> N
     # last 1 of 4 blocks trainable: trained part 100 / 4 + 10 = 35 per token
     with_cache = (2 * 35 + 4 * 35) * 10  # only the trained blocks run in the epochs: 2100
     without = (2 * 110 + 4 * 35) * 10  # the whole critic runs forward: 3600
-    base = 8800 + 22200 + 2 * 6 * 5000
+    base = 8800 + 22200 + 2200 + 2 * 6 * 5000
     assert ppo_flops(SIZE, "full", 10, 4, 2, critic_trainable_last_n_blocks=1, cache_critic_trunk=True) == (
         base + 2 * with_cache
     )

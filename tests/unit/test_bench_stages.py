@@ -198,7 +198,12 @@ def test_table_shows_the_ratio_or_why_there_is_none() -> None:
             _row(
                 "dpo", plain_trl={"tokens_per_s": 90.0, "ratio_ours_over_plain": None, "same_work": "differ!"}
             ),
-            _row("ppo", plain_trl={"skipped": "our own"}, phases_s={"generation": 1.0, "training": 2.0}),
+            _row(
+                "ppo",
+                plain_trl={"skipped": "our own"},
+                phases_s={"generation": 1.0, "training": 2.0},
+                phase_mfu={"generation": 0.04, "training": 0.5},
+            ),
         ],
     }
     text = stages.table(result)
@@ -206,7 +211,7 @@ def test_table_shows_the_ratio_or_why_there_is_none() -> None:
     assert "| tiny | dpo | full | 100 | 2.00 | 5.0% | 3.0 | 1.00 | 90 | - |" in text
     assert "- tiny dpo: differ!" in text
     assert "- tiny ppo: our own" in text
-    assert "- tiny ppo loop 3.0 s: generation 1.0 s, training 2.0 s" in text
+    assert "- tiny ppo loop 3.0 s: generation 1.0 s (MFU 4.0%), training 2.0 s (MFU 50.0%)" in text
 
 
 def test_matmul_peak_is_a_positive_rate() -> None:
