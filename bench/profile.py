@@ -1,14 +1,17 @@
-"""Where a TRL-backed stage's training step goes: torch.profiler over a few optimiser steps, by operator class.
+"""Where a stage's training step goes (PPO: its training phase): torch.profiler, time by operator class.
 
-    python -m bench profile [--stage sft] [--config configs/pipelines/quickstart.yaml] [--wait 1] [--active 2]
-        [--top 12] [--trace] [--out runs/bench/profile] [key=value ...]
+    python -m bench profile [--stage sft|reward|dpo|ppo] [--config configs/pipelines/quickstart.yaml] [--wait 1]
+        [--active 2] [--top 12] [--shapes] [--trace] [--out runs/bench/profile] [key=value ...]
 
-The stage (sft, reward or dpo) is built in this process by its own `build` (the same trainer `alignment stage`
-runs), with the pipeline's section and the `key=value` overrides, W&B off. A callback leaves the first `--wait`
-optimiser steps unprofiled (the allocator and the data pipeline warm up there), then records `--active` steps
-with torch.profiler (CPU activity, plus CUDA on a GPU; operator FLOPs counted by the profiler for matmuls), and
-stops training. Reward and DPO start from the pipeline's SFT artifact in `--out`; when there is none, one SFT step
-is trained first to make one.
+The stage is built in this process by its own `build` (the same trainer `alignment stage` runs), with the
+pipeline's section and the `key=value` overrides, W&B off. The first `--wait` steps run unprofiled (the allocator
+and the data pipeline warm up there); the next `--active` ones are recorded with torch.profiler (CPU activity, plus
+CUDA on a GPU; operator FLOPs counted by the profiler for matmuls). TRL-backed stages (sft, reward, dpo): a
+callback profiles optimiser steps and then stops the training. Our PPO: the training phase of each iteration
+(`PPOTrainer.update`, every PPO epoch over one rollout) is profiled; rollouts run unprofiled, and the run is
+`--wait + --active` iterations long. The artifacts a stage starts from (`init_from`, a learned `reward_model`) are
+taken from `--out`; each that is missing is made first by one step of its stage. For PPO the RM gate is off
+(`ppo.min_rm_accuracy=0`) unless an override sets it.
 
 Figures, all from the profiled steps:
 1. Wall seconds per step, the split forward+backward / optimiser (the trainer's own callback hooks), the tokens the
@@ -23,15 +26,16 @@ Results: `<out>/result.json` (and `<out>/trace.json`, a Chrome trace, with `--tr
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.flops import trl_stage_flops
+from bench.flops import ppo_phase_flops, trl_stage_flops
 from bench.stages import measure_peaks, model_size, stage_overrides
 
-PROFILED_STAGES = ("sft", "reward", "dpo")
+PROFILED_STAGES = ("sft", "reward", "dpo", "ppo")
 CLASSES = (
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation")),
     (
@@ -88,111 +92,176 @@ def summarise(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     return {"profiled_self_s": total, "classes": out}
 
 
-def profiler_callback(trainer: Any, wait: int, active: int, trace: Path | None, shapes: bool = False) -> Any:
-    """Profiles optimiser steps wait+1 .. wait+active, times their phases, then stops the training."""
-    import torch
+class Recorder:
+    """One torch.profiler session over several steps: started before the first, stopped after the last."""
+
+    def __init__(self, trace: Path | None, shapes: bool) -> None:
+        self.trace, self.shapes = trace, shapes
+        self.profile: Any = None
+        self.started = 0.0
+        self.figures: dict[str, Any] = {}
+
+    def start(self) -> None:
+        import torch
+
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.profile = torch.profiler.profile(
+            activities=activities, with_flops=True, record_shapes=self.shapes
+        )
+        self.profile.__enter__()
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.figures["wall_s"] = time.perf_counter() - self.started
+        self.profile.__exit__(None, None, None)
+        self.figures["events"] = [
+            {
+                "name": event.key,
+                "shapes": str(event.input_shapes) if self.shapes else "",
+                "self_s": event.self_cpu_time_total / 1e6,
+                "flops": float(event.flops or 0),
+            }
+            for event in self.profile.key_averages(group_by_input_shape=self.shapes)
+        ]
+        if self.trace is not None:
+            self.profile.export_chrome_trace(str(self.trace))
+
+
+def profiler_callback(trainer: Any, wait: int, active: int, recorder: Recorder) -> Any:
+    """Profiles optimiser steps wait+1 .. wait+active of a TRL trainer, times their phases, then stops the
+    training."""
     from transformers import TrainerCallback
 
+    figures = recorder.figures
+    figures.update(forward_backward_s=0.0, optimizer_s=0.0)
+
     class ProfileSteps(TrainerCallback):
-        def __init__(self) -> None:
-            self.profile: Any = None
-            self.figures: dict[str, Any] = {"forward_backward_s": 0.0, "optimizer_s": 0.0}
-            self.marks: dict[str, float] = {}
+        marks: dict[str, float] = {}
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step == wait and self.profile is None:
-                activities = [torch.profiler.ProfilerActivity.CPU]
-                if torch.cuda.is_available():
-                    activities.append(torch.profiler.ProfilerActivity.CUDA)
-                self.profile = torch.profiler.profile(
-                    activities=activities, with_flops=True, record_shapes=shapes
-                )
-                self.profile.__enter__()
-                self.figures["tokens_before"] = trainer._total_train_tokens
-                self.marks["start"] = time.perf_counter()
+            if state.global_step == wait and recorder.profile is None:
+                figures["tokens_before"] = trainer._total_train_tokens
+                recorder.start()
             self.marks["step"] = time.perf_counter()
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.profile is not None:
+            if recorder.profile is not None:
                 self.marks["pre_optimizer"] = time.perf_counter()
-                self.figures["forward_backward_s"] += self.marks["pre_optimizer"] - self.marks["step"]
+                figures["forward_backward_s"] += self.marks["pre_optimizer"] - self.marks["step"]
 
         def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.profile is not None:
-                self.figures["optimizer_s"] += time.perf_counter() - self.marks["pre_optimizer"]
+            if recorder.profile is not None:
+                figures["optimizer_s"] += time.perf_counter() - self.marks["pre_optimizer"]
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.profile is None or state.global_step < wait + active:
+            if recorder.profile is None or state.global_step < wait + active:
                 return
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.figures["wall_s"] = time.perf_counter() - self.marks["start"]
-            self.figures["tokens"] = trainer._total_train_tokens - self.figures.pop("tokens_before")
-            self.profile.__exit__(None, None, None)
-            self.figures["events"] = [
-                {
-                    "name": event.key,
-                    "shapes": str(event.input_shapes) if shapes else "",
-                    "self_s": event.self_cpu_time_total / 1e6,
-                    "flops": float(event.flops or 0),
-                }
-                for event in self.profile.key_averages(group_by_input_shape=shapes)
-            ]
-            if trace is not None:
-                self.profile.export_chrome_trace(str(trace))
+            recorder.stop()
+            figures["tokens"] = trainer._total_train_tokens - figures.pop("tokens_before")
             control.should_training_stop = True
 
     return ProfileSteps()
 
 
-def ensure_sft_artifact(pipeline_path: str, out: Path, extra: tuple[str, ...]) -> None:
-    """Reward and DPO start from the SFT artifact: train one SFT step into `out` when there is none."""
-    from alignment import artifacts
-    from alignment.config import load_pipeline
-    from alignment.stages import sft
+def profile_ppo_updates(trainer: Any, wait: int, active: int, recorder: Recorder) -> None:
+    """Our PPO: profiles the training phase (`PPOTrainer.update`, every PPO epoch over one rollout) of iterations
+    wait+1 .. wait+active. Rollouts (generation, forward passes, scoring) run unprofiled; `bench stages` times them."""
+    update = trainer.update
+    figures = recorder.figures
+    figures.update(tokens=0, response_tokens=0, calls=0)
 
-    pipeline = load_pipeline(pipeline_path, stage_overrides("sft", out, 1, extra))
-    if not artifacts.is_complete(pipeline.stage_output_dir("sft")):
-        print("[profile] no SFT artifact in --out: training one SFT step first", flush=True)
-        sft.train(pipeline)
+    def profiled_update(rollout: Any, iteration: int) -> dict[str, float]:
+        figures["calls"] += 1
+        if not wait < figures["calls"] <= wait + active:
+            return update(rollout, iteration)
+        if figures["calls"] == wait + 1:
+            recorder.start()
+        figures["tokens"] += int(rollout.attention_mask.sum())
+        figures["response_tokens"] += int(rollout.mask.sum())
+        stats = update(rollout, iteration)
+        if figures["calls"] == wait + active:
+            recorder.stop()
+        return stats
+
+    trainer.update = profiled_update
+
+
+def ensure_inputs(pipeline: Any, pipeline_path: str, stage: str, out: Path, extra: tuple[str, ...]) -> None:
+    """The artifacts the stage starts from (`init_from`, a learned `reward_model`): one step of each stage that is
+    missing from `out` is trained first."""
+    from alignment import artifacts
+    from alignment.config import STAGES, load_pipeline, stage_args
+    from alignment.stages.common import device_defaults
+
+    args = stage_args(pipeline, stage, output_dir=str(out / ".work" / stage), **device_defaults())
+    needed = [getattr(args, key, None) for key in ("init_from", "reward_model")]
+    for name in (name for name in STAGES if name in needed):
+        prerequisite = load_pipeline(pipeline_path, stage_overrides(name, out, 1, extra))
+        if artifacts.is_complete(prerequisite.stage_output_dir(name)):
+            continue
+        print(f"[profile] no {name} artifact in --out: training one {name} step first", flush=True)
+        ensure_inputs(prerequisite, pipeline_path, name, out, extra)
+        importlib.import_module(f"alignment.stages.{name}").train(prerequisite)
 
 
 def profile_stage(cli: argparse.Namespace) -> dict[str, Any]:
-    import importlib
-
     from alignment.config import load_pipeline
     from alignment.stages.common import StageRun
 
     out = Path(cli.out)
     extra = tuple(cli.overrides)
+    if cli.stage == "ppo" and not any(item.startswith("ppo.min_rm_accuracy=") for item in extra):
+        print(
+            "[profile] ppo.min_rm_accuracy=0: a profile does not need an RM good enough to optimise",
+            flush=True,
+        )
+        extra += ("ppo.min_rm_accuracy=0",)
     steps = cli.wait + cli.active
     pipeline = load_pipeline(cli.config, stage_overrides(cli.stage, out, steps, extra))
-    if cli.stage != "sft":
-        ensure_sft_artifact(cli.config, out, extra)
-    module = importlib.import_module(f"alignment.stages.{cli.stage}")
+    ensure_inputs(pipeline, cli.config, cli.stage, out, extra)
     run = StageRun(pipeline, cli.stage, restart=True)
-    trainer, _ = module.build(pipeline, run)
-    trace = out / "trace.json" if cli.trace else None
-    callback = profiler_callback(trainer, cli.wait, cli.active, trace, shapes=cli.shapes)
-    trainer.add_callback(callback)
+    trainer, _ = importlib.import_module(f"alignment.stages.{cli.stage}").build(pipeline, run)
+    recorder = Recorder(out / "trace.json" if cli.trace else None, cli.shapes)
+    if cli.stage == "ppo":
+        profile_ppo_updates(trainer, cli.wait, cli.active, recorder)
+    else:
+        trainer.add_callback(profiler_callback(trainer, cli.wait, cli.active, recorder))
     trainer.train()
-    if "events" not in callback.figures:
+    figures = recorder.figures
+    if "events" not in figures:
         raise SystemExit(
             f"[profile] training ended before step {steps} (--wait {cli.wait} + --active {cli.active}), "
             "so nothing was profiled; see the trainer's log above for why it stopped"
         )
-    figures = callback.figures
     args = trainer.args
-    model_name = (args.model or pipeline.model).name_or_path
-    method = (args.model or pipeline.model).tuning.method
-    flops = trl_stage_flops(cli.stage, method, model_size(model_name), figures["tokens"])
+    model_cfg = args.model or pipeline.model
+    method = model_cfg.tuning.method
+    size = model_size(model_cfg.name_or_path)
+    if cli.stage == "ppo":
+        flops = ppo_phase_flops(
+            size, method, figures["tokens"], figures["response_tokens"], args.ppo_epochs,
+            args.critic_trainable_last_n_blocks, args.cache_critic_trunk,
+            old_logprob_pass=not args.logprobs_from_generation,
+        )["training"]  # fmt: skip
+    else:
+        flops = trl_stage_flops(cli.stage, method, size, figures["tokens"])
+    split = {
+        f"{name}_s_per_step": figures[f"{name}_s"] / cli.active
+        for name in ("forward_backward", "optimizer")
+        if f"{name}_s" in figures
+    }
     return {
         "stage": cli.stage,
         "method": method,
         "steps": cli.active,
         "wall_s_per_step": figures["wall_s"] / cli.active,
-        "forward_backward_s_per_step": figures["forward_backward_s"] / cli.active,
-        "optimizer_s_per_step": figures["optimizer_s"] / cli.active,
+        **split,
         "tokens": figures["tokens"],
         "model_flops": flops,
         "events": figures["events"],
@@ -227,9 +296,14 @@ def main(argv: list[str] | None = None) -> None:
 def table(result: dict[str, Any], top: int) -> str:
     """The Markdown summary: the step, its split, MFU, the operator classes and the top operators."""
     step = result["wall_s_per_step"]
+    unit = "training phase" if result["stage"] == "ppo" else "step"
+    split = (
+        f" (forward+backward {result['forward_backward_s_per_step']:.2f}, optimizer {result['optimizer_s_per_step']:.2f})"
+        if "optimizer_s_per_step" in result
+        else ""
+    )
     lines = [
-        f"{result['stage']} ({result['method']}), {result['steps']} profiled steps: {step:.2f} s per step "
-        f"(forward+backward {result['forward_backward_s_per_step']:.2f}, optimizer {result['optimizer_s_per_step']:.2f}), "
+        f"{result['stage']} ({result['method']}), {result['steps']} profiled {unit}s: {step:.2f} s per {unit}{split}, "
         f"{result['tokens']} tokens, MFU {result['mfu']:.1%} of {result['peak'] / 1e9:.1f} GFLOP/s",
         "",
         "| operator class | s per step | share of profiled self time | FLOP rate |",
