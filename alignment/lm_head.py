@@ -1,4 +1,4 @@
-"""The LM head's per-token log-probs on devices without Triton: dense logits instead of TRL's tiled torch fallback.
+"""The LM head's per-token log-probs on CPU: dense logits instead of TRL's tiled torch fallback.
 
 TRL 1.16's SFTTrainer and DPOTrainer patch the model with a fused LM head (`trl.trainer.utils.add_fused_lm_head`):
 per-token log-probs, entropy and top-1 flags computed tile by tile, never materialising the (tokens, vocab) logits.
@@ -65,20 +65,22 @@ class DenseLogProbs:
         return log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1
 
 
-def triton_folds(device: torch.device) -> bool:
-    """True where TRL's fused LM head runs its Triton kernel (there it is the faster path and is kept)."""
+def dense_is_faster(device: torch.device) -> bool:
+    """True on a CPU, where TRL's fused head has no Triton kernel and the dense path was measured faster. Elsewhere
+    TRL's head is kept: its Triton kernel on CUDA, and its memory-saving fallback on accelerators this project has
+    not measured (the dense logits of a GPU-sized batch and vocabulary take gigabytes)."""
     from trl.kernels.chunked_logprob import _use_triton
 
-    return bool(_use_triton(device))
+    return device.type == "cpu" and not _use_triton(device)
 
 
 def use_dense_lm_head(model: Any) -> bool:
-    """Serve the fused-head calls of a model TRL patched (`add_fused_lm_head`) with `DenseLogProbs`, unless its LM
-    head sits on a device where TRL's Triton kernel runs. Returns whether it did."""
+    """Serve the fused-head calls of a model TRL patched (`add_fused_lm_head`) with `DenseLogProbs` when its LM head
+    sits on a CPU (`dense_is_faster`). Returns whether it did."""
     from trl.trainer import utils as trl_utils
 
     head = model.get_output_embeddings()
-    if head is None or triton_folds(head.weight.device):
+    if head is None or not dense_is_faster(head.weight.device):
         return False
     fused_forward = model.forward
     if getattr(fused_forward, "dense_lm_head", False):

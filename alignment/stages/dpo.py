@@ -73,10 +73,11 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         peft_config=peft_config,
         callbacks=[checkpoint_callback(run)],
     )
-    switched = use_dense_lm_heads(trainer)  # no Triton here: TRL's tiled LM-head fallback is about 2x slower
+    switched = use_dense_lm_heads(trainer)  # on CPU: TRL's tiled LM-head fallback is about 2x slower
     if switched:
         logger.info(
-            "[dpo] LM head: dense logits for the %s (no Triton on this device)", " and ".join(switched)
+            "[dpo] LM head: dense logits for the %s (CPU; TRL's tiled head is for Triton devices)",
+            " and ".join(switched),
         )
     trainable, total = count_parameters(trainer.model)
     reference = (

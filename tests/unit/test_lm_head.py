@@ -73,3 +73,10 @@ def test_a_patched_model_computes_the_same_loss_and_keeps_its_plain_forward(tiny
     from trl.trainer import utils as trl_utils
 
     assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbFunction  # restored after the call
+
+
+def test_the_dense_head_is_for_cpus_only() -> None:
+    from alignment.lm_head import dense_is_faster
+
+    assert dense_is_faster(torch.device("cpu"))
+    assert not dense_is_faster(torch.device("meta"))  # any other device keeps TRL's memory-saving head
