@@ -72,14 +72,15 @@ def _response_logprobs(
     model: Any, sequences: torch.Tensor, attention_mask: torch.Tensor, query_length: int, temperature: float
 ) -> torch.Tensor:
     """log p(token) of every response position (batch, response_length), logits divided by `temperature`."""
-    from alignment.rl.ppo_math import gather_response_logprobs, position_ids_from
+    from alignment.rl.ppo_math import gather_response_logprobs, last_positions, position_ids_from
 
     response = sequences[:, query_length:]
     logits = model(
         input_ids=sequences,
         attention_mask=attention_mask,
         position_ids=position_ids_from(attention_mask),
-        logits_to_keep=response.shape[1] + 1,  # the positions that predict response tokens (and the last)
+        # the positions that predict response tokens (and the last)
+        logits_to_keep=last_positions(sequences.shape[1], response.shape[1] + 1, sequences.device),
     ).logits
     return gather_response_logprobs(logits[:, :-1], response, temperature)
 

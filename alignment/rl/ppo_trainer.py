@@ -114,7 +114,7 @@ class PolicyAndValue(nn.Module):
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=False,
-                logits_to_keep=logits_to_keep,
+                logits_to_keep=pm.last_positions(input_ids.shape[1], logits_to_keep, input_ids.device),
             ).logits
         if not with_values:
             return logits, None, None
@@ -786,10 +786,9 @@ class PPOTrainer:
                         logits_to_keep=part.width + 1,
                         trunk=trunk,
                     )
-                    logits = logits[:, :-1]
-                    logprobs = gather_response_logprobs(
-                        logits, part.input_ids[:, part.query_length :], args.temperature
-                    )
+                    # (B, width, V) in fp32 at the sampling temperature, divided once for the log-probs and the entropy
+                    logits = logits[:, :-1].float() / args.temperature
+                    logprobs = gather_response_logprobs(logits, part.input_ids[:, part.query_length :], 1.0)
                     values = values[:, part.query_length - 1 : -1].float()
                     pg = pm.policy_loss(
                         logprobs,
@@ -816,7 +815,7 @@ class PPOTrainer:
                         warnings.simplefilter("ignore")  # DeepSpeed steps the optimiser inside backward()
                         self.scheduler.step()
                 with torch.no_grad():
-                    entropy = pm.masked_mean(entropy_from_logits(logits.float() / args.temperature), mask)
+                    entropy = pm.masked_mean(entropy_from_logits(logits), mask)
                 for key, value in (
                     ("loss/policy", pg.loss),
                     ("loss/value", vf_loss),

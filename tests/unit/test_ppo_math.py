@@ -164,3 +164,21 @@ def test_explained_variance() -> None:
     mask = torch.ones(1, 4)
     assert pm.explained_variance(returns, returns, mask) == pytest.approx(1.0)
     assert pm.explained_variance(torch.full_like(returns, 2.5), returns, mask) == pytest.approx(0.0)
+
+
+def test_last_positions_index_the_tail_and_give_the_lm_head_a_contiguous_input(tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    assert pm.last_positions(10, 3).tolist() == [7, 8, 9]
+    assert pm.last_positions(2, 5).tolist() == [0, 1]  # never before the first position
+    assert pm.last_positions(10, 0) == 0  # every position, as transformers reads 0
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).requires_grad_(False)
+    inputs: list[torch.Tensor] = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _module, args: inputs.append(args[0]))
+    input_ids = torch.randint(0, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(0))
+    by_slice = model(input_ids=input_ids, logits_to_keep=4).logits
+    by_index = model(input_ids=input_ids, logits_to_keep=pm.last_positions(9, 4)).logits
+    torch.testing.assert_close(by_index, by_slice)
+    assert by_index.shape == (3, 4, model.config.vocab_size)
+    assert not inputs[0].is_contiguous() and inputs[1].is_contiguous()
