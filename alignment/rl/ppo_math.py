@@ -286,8 +286,8 @@ def last_positions(length: int, keep: int, device: torch.device | str = "cpu") -
     """`logits_to_keep` for the last `keep` of `length` positions, as an index tensor (`keep` 0: 0, every position).
     transformers slices the hidden states with it before the LM head. An integer becomes a slice, a view that is not
     contiguous, and a frozen LM head (LoRA, the reference) then runs as a batched product over a broadcast copy of
-    its weight; an index tensor gathers a contiguous copy, and the head runs as one matrix product (about 1.2x faster
-    over SmolLM2's 49,152-token head on CPU, docs/BENCHMARKS.md)."""
+    its weight; an index tensor gathers a contiguous copy, and the head runs as one matrix product (on CPU, SmolLM2's
+    head 1.2x faster alone, a LoRA policy's update micro-batch 1.04x, docs/BENCHMARKS.md)."""
     if keep <= 0:
         return 0
     return torch.arange(max(length - keep, 0), length, device=device)
