@@ -18,10 +18,13 @@ use them for metrics (and WPO weights) only, while TRL's kernel also differentia
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger("alignment.lm_head")
 
 
 class DenseLogProbs:
@@ -104,9 +107,9 @@ def use_dense_lm_head(model: Any) -> bool:
     return True
 
 
-def use_dense_lm_heads(trainer: Any) -> list[str]:
+def use_dense_lm_heads(trainer: Any, stage: str) -> list[str]:
     """`use_dense_lm_head` on the models a TRL trainer patched: its policy (under PEFT, the base model TRL patched)
-    and its reference model, when it has one. Returns which were switched."""
+    and its reference model, when it has one. Logs and returns which were switched."""
     from peft import PeftModel
 
     policy = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
@@ -114,4 +117,10 @@ def use_dense_lm_heads(trainer: Any) -> list[str]:
     reference = getattr(trainer, "ref_model", None)
     if reference is not None and use_dense_lm_head(reference):
         switched.append("reference")
+    if switched:
+        logger.info(
+            "[%s] LM head: dense logits for the %s (CPU; TRL's tiled head is for Triton devices)",
+            stage,
+            " and ".join(switched),
+        )
     return switched

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.flops import ppo_phase_flops, trl_stage_flops
-from bench.stages import measure_peaks, model_size, stage_overrides
+from bench.flops import trl_stage_flops
+from bench.stages import measure_peaks, model_size, ppo_phases, stage_overrides
 
 PROFILED_STAGES = ("sft", "reward", "dpo", "ppo")
 CLASSES = (
@@ -61,8 +61,9 @@ CLASSES = (
     ),
 )
 """Operator class <- substrings of operator names, first match wins; everything else is `other (elementwise)`.
-`aten::_softmax_backward` sits under attention because the eager attention path is the only softmax with a backward
-here (the LM head's log-probs are TRL's chunked kernel, which writes its own gradient)."""
+`aten::_softmax_backward_data` sits under attention: eager attention's softmax is the only plain softmax with a
+backward here (the LM head's log-probs backpropagate through `_log_softmax_backward_data`, or through TRL's chunked
+kernel, which writes its own gradient)."""
 OTHER = "other (elementwise)"
 
 
@@ -244,11 +245,8 @@ def profile_stage(cli: argparse.Namespace) -> dict[str, Any]:
     method = model_cfg.tuning.method
     size = model_size(model_cfg.name_or_path)
     if cli.stage == "ppo":
-        flops = ppo_phase_flops(
-            size, method, figures["tokens"], figures["response_tokens"], args.ppo_epochs,
-            args.critic_trainable_last_n_blocks, args.cache_critic_trunk,
-            old_logprob_pass=not args.logprobs_from_generation,
-        )["training"]  # fmt: skip
+        logged = {"num_tokens": figures["tokens"], "response_tokens": figures["response_tokens"]}
+        flops = ppo_phases(size, method, logged, args)["training"]
     else:
         flops = trl_stage_flops(cli.stage, method, size, figures["tokens"])
     split = {

@@ -73,12 +73,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         peft_config=peft_config,
         callbacks=[checkpoint_callback(run)],
     )
-    switched = use_dense_lm_heads(trainer)  # on CPU: TRL's tiled LM-head fallback is about 2x slower
-    if switched:
-        logger.info(
-            "[dpo] LM head: dense logits for the %s (CPU; TRL's tiled head is for Triton devices)",
-            " and ".join(switched),
-        )
+    use_dense_lm_heads(trainer, STAGE)  # on CPU: TRL's tiled LM-head fallback is about 2x slower
     trainable, total = count_parameters(trainer.model)
     reference = (
         f"frozen copy of {reference_path}"

@@ -119,12 +119,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         peft_config=peft_config,
         callbacks=[checkpoint_callback(run)],
     )
-    switched = use_dense_lm_heads(trainer)  # on CPU: TRL's tiled LM-head fallback is about 2x slower
-    if switched:
-        logger.info(
-            "[sft] LM head: dense logits for the %s (CPU; TRL's tiled head is for Triton devices)",
-            " and ".join(switched),
-        )
+    use_dense_lm_heads(trainer, STAGE)  # on CPU: TRL's tiled LM-head fallback is about 2x slower
     trainable, total = count_parameters(trainer.model)
     logger.info(
         "[sft] %s: %d / %d parameters trainable (%s)", model_path, trainable, total, model_cfg.tuning.method
