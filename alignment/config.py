@@ -183,6 +183,7 @@ NON_SEMANTIC_KEYS = frozenset(
         "source_path",
         "cache_critic_trunk",
         "fold_adapter_for_generation",
+        "padding_free",
     }
 )
 

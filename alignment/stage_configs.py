@@ -100,6 +100,11 @@ class PPOStageConfig(StageArgsMixin, TrainingArguments):
     """Refuse to optimise against a learned RM whose held-out accuracy (diagnostics.json) is lower."""
     force: bool = False
     """Optimise even against an RM below `min_rm_accuracy` or without diagnostics."""
+    padding_free: bool = True
+    """Pack each micro-batch's sequences end to end into one row without padding for the forward passes after
+    generation (the rollout's and the PPO epochs'); attention stays within each sequence (transformers' `sdpa` runs
+    once per sequence, flash attention takes the bounds). The same log-probs and values to float rounding, without
+    the compute that left-padded prompts and right-padded responses waste. Not hashed."""
     fold_adapter_for_generation: bool = True
     """With LoRA, generate with the adapter folded into a temporary copy of the adapted weights (one matmul per
     linear instead of three; the originals are put back untouched); off under ZeRO-3. The reference's log-probs

@@ -40,11 +40,14 @@ from torch import nn
 
 from alignment import artifacts
 from alignment.rl import ppo_math as pm
+from alignment.rl.packing import PackedRows, pack_rows, use_segment_attention
 from alignment.rl.ppo_math import gather_response_logprobs, position_ids_from
 
 logger = logging.getLogger("alignment.ppo")
 
 STATE_FILE = "ppo_state.json"
+Keep = int | torch.Tensor
+"""`logits_to_keep`: the last N positions, or the positions themselves."""
 
 
 def frozen_trunk_blocks(critic: nn.Module) -> int:
@@ -100,21 +103,29 @@ class PolicyAndValue(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         with_values: bool = True,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         trunk: torch.Tensor | None = None,
         keep_trunk: bool = False,
         with_logits: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Policy logits of the last `logits_to_keep` positions (0: all), the critic's value at every position,
-        and (`keep_trunk`) the critic's hidden states entering its first trained block."""
+        """Policy logits of the last `logits_to_keep` positions (0: all; a tensor: those positions), the critic's
+        value at every position, and (`keep_trunk`) the critic's hidden states entering its first trained block.
+        `attention_kwargs`: the sequence bounds of a packed row (`packing.PackedRows`), whose `attention_mask` is
+        None."""
+        extra = attention_kwargs or {}
         logits = None
         if with_logits:
+            keep = logits_to_keep
+            if isinstance(keep, int):
+                keep = pm.last_positions(input_ids.shape[1], keep, input_ids.device)
             logits = self.policy(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=False,
-                logits_to_keep=pm.last_positions(input_ids.shape[1], logits_to_keep, input_ids.device),
+                logits_to_keep=keep,
+                **extra,
             ).logits
         if not with_values:
             return logits, None, None
@@ -129,6 +140,7 @@ class PolicyAndValue(nn.Module):
                     attention_mask=attention_mask,
                     position_ids=position_ids,
                     use_cache=False,
+                    **extra,
                 ).last_hidden_state
             finally:
                 backbone.layers = layers
@@ -146,6 +158,7 @@ class PolicyAndValue(nn.Module):
                     attention_mask=attention_mask,
                     position_ids=position_ids,
                     use_cache=False,
+                    **extra,
                 ).last_hidden_state
             finally:
                 if hook is not None:
@@ -383,6 +396,19 @@ class PPOTrainer:
         for module in (policy, critic, ref_policy):
             if module is not None:
                 disable_dropout_in_model(module)  # N+ details: dropout off, or log-probs are not reproducible
+        self.padding_free = bool(getattr(args, "padding_free", True))
+        if self.padding_free:
+            switched = [
+                use_segment_attention(
+                    module.get_base_model() if hasattr(module, "get_base_model") else module
+                )
+                for module in (policy, critic, ref_policy)
+                if module is not None
+            ]
+            logger.info(
+                "[ppo] padding-free passes: each micro-batch's sequences packed into one row%s",
+                ", attention per sequence (sdpa_segments)" if any(switched) else "",
+            )
         # The critic's frozen leading blocks compute the same activations in the rollout and every epoch: keep
         # them (not under ZeRO-3, whose blocks are sharded and fetched by hooks).
         trunk_blocks = 0
@@ -499,10 +525,9 @@ class PPOTrainer:
         query_length: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Response log-probs (zeros when `forward` gives no logits), values and the critic's trunk output (when
-        `forward` gives them), full width,
-        in micro-batches of rows sorted by length and cut to their own longest response (`micro_batch`);
-        `forward` returns the logits of the last `keep` positions (those that predict the response tokens, plus
-        the last)."""
+        `forward` gives them), full width, in micro-batches of rows sorted by length and cut to their own longest
+        response (`micro_batch`), each packed into one row when `padding_free`; `forward` returns the logits of the
+        positions `keep` (those that predict the response tokens; an int: the last `keep`)."""
         rows, full = batch["input_ids"].shape
         width = full - query_length
         order = torch.argsort(batch["attention_mask"].sum(dim=1), stable=True)
@@ -515,35 +540,74 @@ class PPOTrainer:
             part = micro_batch(
                 batch["input_ids"], batch["attention_mask"], batch["position_ids"], query_length, index
             )
-            logits, value, part_trunk = forward(
-                part.input_ids, part.attention_mask, part.position_ids, keep=part.width + 1
-            )
-            if logits is not None:
-                response = part.input_ids[:, part.query_length :]
-                logprobs[index] = _pad_columns(
-                    gather_response_logprobs(logits[:, :-1], response, self.args.temperature), width
+            if self.padding_free:
+                packed = pack_rows(
+                    part.input_ids,
+                    part.attention_mask,
+                    part.position_ids,
+                    part.query_length,
+                    part.attention_mask[:, part.query_length :],
                 )
-            if value is not None:
+                inputs = (packed.input_ids, None, packed.position_ids)
+                extra: dict[str, Any] = {"attention_kwargs": packed.attention_kwargs}
+                logits, value, part_trunk = forward(*inputs, keep=packed.predicting, **extra)
+                part_logprobs = (
+                    packed.scatter(
+                        gather_response_logprobs(logits[0], packed.response_ids, self.args.temperature)
+                    )
+                    if logits is not None
+                    else None
+                )
+                part_values = (
+                    packed.scatter(value[0, packed.predicting].float()) if value is not None else None
+                )
+                real = torch.ones_like(packed.input_ids, dtype=torch.bool)
+            else:
+                inputs, extra = (part.input_ids, part.attention_mask, part.position_ids), {}
+                logits, value, part_trunk = forward(*inputs, keep=part.width + 1)
+                part_logprobs = (
+                    gather_response_logprobs(
+                        logits[:, :-1], part.input_ids[:, part.query_length :], self.args.temperature
+                    )
+                    if logits is not None
+                    else None
+                )
+                part_values = value[:, part.query_length - 1 : -1].float() if value is not None else None
+                real = part.attention_mask.bool()
+            if part_logprobs is not None:
+                logprobs[index] = _pad_columns(part_logprobs, width)
+            if part_values is not None:
                 if values is None:
                     values = torch.zeros(rows, width, device=logprobs.device)
-                values[index] = _pad_columns(value[:, part.query_length - 1 : -1].float(), width)
+                values[index] = _pad_columns(part_values, width)
             if part_trunk is not None:
+                assert value is not None
+                if not self.trunk_checked:
+                    self._check_trunk(inputs, extra, real, value, part_trunk)
+                if self.padding_free:  # back to the micro-batch's grid, zeros at padding
+                    grid = part_trunk.new_zeros(part.attention_mask.numel(), part_trunk.shape[-1])
+                    part_trunk = grid.index_copy(0, packed.tokens, part_trunk[0]).view(
+                        *part.attention_mask.shape, -1
+                    )
                 if trunk is None:
                     trunk = part_trunk.new_zeros(rows, full, part_trunk.shape[-1])
                 lead = query_length - part.query_length
                 trunk[index, lead : lead + part_trunk.shape[1]] = part_trunk
-                if not self.trunk_checked:
-                    self._check_trunk(part, value, part_trunk)
         return logprobs, values, trunk
 
-    def _check_trunk(self, part: MicroBatch, values: torch.Tensor, trunk: torch.Tensor) -> None:
-        """Once per run: the critic's values from the kept trunk must equal the full pass's, or caching is
-        turned off (on every process) with a warning (a backbone whose forward does more than embed + blocks)."""
+    def _check_trunk(
+        self,
+        inputs: tuple[torch.Tensor | None, ...],
+        extra: dict[str, Any],
+        real: torch.Tensor,
+        values: torch.Tensor,
+        trunk: torch.Tensor,
+    ) -> None:
+        """Once per run: the critic's values from the kept trunk must equal the full pass's (`values`, at the
+        `real` positions of `inputs`), or caching is turned off (on every process) with a warning (a backbone
+        whose forward does more than embed + blocks)."""
         self.trunk_checked = True
-        _, cached, _ = self.model(
-            part.input_ids, part.attention_mask, part.position_ids, trunk=trunk, with_logits=False
-        )
-        real = part.attention_mask.bool()
+        _, cached, _ = self.model(*inputs, trunk=trunk, with_logits=False, **extra)
         error = (cached.float() - values.float())[real].abs().max()
         tolerance = 1e-3 * (1.0 + values.float()[real].abs().max())
         if self._on_any_process(error > tolerance):
@@ -588,24 +652,36 @@ class PPOTrainer:
 
     # Each forward returns the logits of the last response_length + 1 positions only: the LM head over the prompt
     # positions (a 576 x 49k matmul per token for SmolLM2) would be computed and thrown away.
-    def _policy_and_values(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
-        return self.model(*inputs, with_values=True, logits_to_keep=keep, keep_trunk=True)
+    def _policy_and_values(
+        self, *inputs: torch.Tensor | None, keep: Keep, **extra: Any
+    ) -> tuple[torch.Tensor, ...]:
+        return self.model(*inputs, with_values=True, logits_to_keep=keep, keep_trunk=True, **extra)
 
-    def _policy_only(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
-        return self.model(*inputs, with_values=False, logits_to_keep=keep)
+    def _policy_only(
+        self, *inputs: torch.Tensor | None, keep: Keep, **extra: Any
+    ) -> tuple[torch.Tensor, ...]:
+        return self.model(*inputs, with_values=False, logits_to_keep=keep, **extra)
 
-    def _values_only(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
-        return self.model(*inputs, with_logits=False, keep_trunk=True)
+    def _values_only(
+        self, *inputs: torch.Tensor | None, keep: Keep, **extra: Any
+    ) -> tuple[torch.Tensor, ...]:
+        return self.model(*inputs, with_logits=False, keep_trunk=True, **extra)
 
-    def _reference(self, *inputs: torch.Tensor, keep: int) -> tuple[torch.Tensor, None, None]:
+    def _reference(
+        self, *inputs: torch.Tensor | None, keep: Keep, attention_kwargs: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, None, None]:
         input_ids, attention_mask, position_ids = inputs
         assert self.ref_policy is not None
+        if isinstance(keep, int):
+            assert input_ids is not None
+            keep = pm.last_positions(input_ids.shape[1], keep, input_ids.device)
         output = self.ref_policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
             logits_to_keep=keep,
+            **(attention_kwargs or {}),
         )
         return output.logits, None, None
 
@@ -759,6 +835,40 @@ class PPOTrainer:
         return stats
 
     # ------------------------------------------------------------------------------------------------- update
+    def _training_outputs(
+        self, part: MicroBatch, mask: torch.Tensor, trunk: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackedRows | None]:
+        """One micro-batch's forward pass for the losses: the response tokens' log-probs and the critic's values,
+        (B, width) with gradients, and the fp32 logits at the sampling temperature that the log-probs came from
+        (divided once, kept for the entropy metric): (B, width, V), or (M, V) for the M response tokens of a
+        padding-free pass, with the `PackedRows` that maps them back."""
+        temperature = self.args.temperature
+        if not self.padding_free:
+            logits, values, _ = self.model(
+                part.input_ids,
+                part.attention_mask,
+                part.position_ids,
+                logits_to_keep=part.width + 1,
+                trunk=trunk,
+            )
+            assert logits is not None and values is not None
+            logits = logits[:, :-1].float() / temperature
+            logprobs = gather_response_logprobs(logits, part.input_ids[:, part.query_length :], 1.0)
+            return logprobs, values[:, part.query_length - 1 : -1].float(), logits, None
+        packed = pack_rows(part.input_ids, part.attention_mask, part.position_ids, part.query_length, mask)
+        logits, values, _ = self.model(
+            packed.input_ids,
+            None,
+            packed.position_ids,
+            logits_to_keep=packed.predicting,
+            trunk=packed.gather(trunk) if trunk is not None else None,
+            attention_kwargs=packed.attention_kwargs,
+        )
+        assert logits is not None and values is not None
+        logits = logits[0].float() / temperature
+        logprobs = packed.scatter(gather_response_logprobs(logits, packed.response_ids, 1.0))
+        return logprobs, packed.scatter(values[0, packed.predicting].float()), logits, packed
+
     def update(self, rollout: Rollout, iteration: int) -> dict[str, float]:
         args, plan = self.args, self.plan
         assert rollout.advantages is not None and rollout.returns is not None
@@ -779,17 +889,7 @@ class PPOTrainer:
                     lead = q - part.query_length
                     trunk = rollout.critic_trunk[index][:, lead : lead + part.input_ids.shape[1]]
                 with self.accelerator.accumulate(self.model):
-                    logits, values, _ = self.model(
-                        part.input_ids,
-                        part.attention_mask,
-                        part.position_ids,
-                        logits_to_keep=part.width + 1,
-                        trunk=trunk,
-                    )
-                    # (B, width, V) in fp32 at the sampling temperature, divided once for the log-probs and the entropy
-                    logits = logits[:, :-1].float() / args.temperature
-                    logprobs = gather_response_logprobs(logits, part.input_ids[:, part.query_length :], 1.0)
-                    values = values[:, part.query_length - 1 : -1].float()
+                    logprobs, values, logits, packed = self._training_outputs(part, mask, trunk)
                     pg = pm.policy_loss(
                         logprobs,
                         rollout.logprobs[index][:, cut],
@@ -815,7 +915,8 @@ class PPOTrainer:
                         warnings.simplefilter("ignore")  # DeepSpeed steps the optimiser inside backward()
                         self.scheduler.step()
                 with torch.no_grad():
-                    entropy = pm.masked_mean(entropy_from_logits(logits), mask)
+                    entropy = entropy_from_logits(logits)
+                    entropy = pm.masked_mean(packed.scatter(entropy) if packed else entropy, mask)
                 for key, value in (
                     ("loss/policy", pg.loss),
                     ("loss/value", vf_loss),

@@ -164,6 +164,36 @@ def test_keeping_the_critic_trunk_changes_no_logged_figure(sft_and_rm: Path, tmp
     )
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_padding_free_passes_change_no_logged_figure(sft_and_rm: Path, tmp_path: Path, method: str) -> None:
+    """Packing each micro-batch into one row (the default) logs what padded micro-batches log: full fine-tuning
+    with a separate reference model, and LoRA (reference = adapter disabled) with a kept critic trunk."""
+    histories = []
+    for padding_free in ("true", "false"):
+        (tmp_path / padding_free).mkdir()
+        config = _config(tmp_path / padding_free, sft_and_rm, model__tuning__method=method)
+        result = run_cli(
+            "stage",
+            "ppo",
+            "--config",
+            str(config),
+            f"ppo.padding_free={padding_free}",
+            "ppo.critic_trainable_last_n_blocks=1",
+            "ppo.max_steps=2",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        packed = "padding-free passes: each micro-batch's sequences packed into one row, attention per sequence"
+        assert (packed in result.stderr) == (padding_free == "true"), result.stderr[-2000:]
+        assert "differ from the full pass" not in result.stderr
+        histories.append(json.loads((tmp_path / padding_free / "run" / "ppo" / "log_history.json").read_text()))
+    packed_history, padded_history = histories
+    assert len(packed_history) == len(padded_history) == 2
+    assert abs(packed_history[1]["objective/kl"]) > 1e-4, packed_history[1]  # the policy moved
+    keys = ("reward/score", "objective/kl", "loss/policy", "loss/value", "policy/entropy", "policy/approx_kl")
+    for key in (*keys, "value/explained_variance", "response/length"):
+        assert [h[key] for h in packed_history] == pytest.approx([h[key] for h in padded_history], abs=1e-4), key
+
+
 def test_lora_ppo_generates_with_the_adapter_folded(sft_and_rm: Path, tmp_path: Path) -> None:
     """With LoRA the reference is the policy without its adapter (first iteration: KL 0, up to the float32 rounding
     between log-probs kept while sampling and the reference's full forward pass, ~1e-6), and generation with the
