@@ -182,16 +182,22 @@ def test_padding_free_passes_change_no_logged_figure(sft_and_rm: Path, tmp_path:
             "ppo.max_steps=2",
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        packed = "padding-free passes: each micro-batch's sequences packed into one row, attention per sequence"
+        packed = (
+            "padding-free passes: each micro-batch's sequences packed into one row, attention per sequence"
+        )
         assert (packed in result.stderr) == (padding_free == "true"), result.stderr[-2000:]
         assert "differ from the full pass" not in result.stderr
-        histories.append(json.loads((tmp_path / padding_free / "run" / "ppo" / "log_history.json").read_text()))
+        histories.append(
+            json.loads((tmp_path / padding_free / "run" / "ppo" / "log_history.json").read_text())
+        )
     packed_history, padded_history = histories
     assert len(packed_history) == len(padded_history) == 2
     assert abs(packed_history[1]["objective/kl"]) > 1e-4, packed_history[1]  # the policy moved
     keys = ("reward/score", "objective/kl", "loss/policy", "loss/value", "policy/entropy", "policy/approx_kl")
     for key in (*keys, "value/explained_variance", "response/length"):
-        assert [h[key] for h in packed_history] == pytest.approx([h[key] for h in padded_history], abs=1e-4), key
+        assert [h[key] for h in packed_history] == pytest.approx(
+            [h[key] for h in padded_history], abs=1e-4
+        ), key
 
 
 def test_lora_ppo_generates_with_the_adapter_folded(sft_and_rm: Path, tmp_path: Path) -> None:

@@ -91,7 +91,9 @@ def _padded(model: PolicyAndValue, part: object, response_mask: torch.Tensor) ->
 
 
 def _packed(model: PolicyAndValue, part: object, response_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    packed = pack_rows(part.input_ids, part.attention_mask, part.position_ids, part.query_length, response_mask)
+    packed = pack_rows(
+        part.input_ids, part.attention_mask, part.position_ids, part.query_length, response_mask
+    )
     inputs = (packed.input_ids, None, packed.position_ids)
     extra = {"attention_kwargs": packed.attention_kwargs}
     _, _, trunk = model(*inputs, keep_trunk=True, **extra)
