@@ -108,3 +108,24 @@ def tiny_llama_config(**overrides: object) -> object:
         "pad_token_id": 0,
     }
     return LlamaConfig(**(values | overrides))
+
+
+def rollout_batch(
+    columns: int, query_length: int, prompt_padding: list[int], response_ends: list[int | None]
+) -> tuple[object, object, object, int]:
+    """A rollout-shaped batch of random ids: row i's prompt is left-padded by `prompt_padding[i]` columns and its
+    response right-padded from column `response_ends[i]` (None: no padding). Returns ids, attention mask, position
+    ids and the query length."""
+    import torch
+
+    from alignment.rl.ppo_math import position_ids_from
+
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 97, (len(prompt_padding), columns), generator=generator)
+    mask = torch.ones_like(ids)
+    for row, (padding, end) in enumerate(zip(prompt_padding, response_ends, strict=True)):
+        mask[row, :padding] = 0
+        if end is not None:
+            mask[row, end:] = 0
+    ids = ids * mask
+    return ids, mask, position_ids_from(mask), query_length

@@ -7,9 +7,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-from alignment.rl.ppo_math import position_ids_from
 from alignment.rl.ppo_trainer import PolicyAndValue, frozen_trunk_blocks, micro_batch
-from tests.helpers import tiny_llama_config
+from tests.helpers import rollout_batch, tiny_llama_config
 
 
 def _models(frozen: int) -> PolicyAndValue:
@@ -24,15 +23,7 @@ def _models(frozen: int) -> PolicyAndValue:
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Left-padded prompts (query length 5) + right-padded responses, as a rollout holds them."""
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 97, (4, 11), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[0, :2] = 0  # prompt padding
-    mask[1, :1] = 0
-    mask[2, 8:] = 0  # short responses
-    mask[3, 6:] = 0
-    ids = ids * mask
-    return ids, mask, position_ids_from(mask), 5
+    return rollout_batch(11, 5, prompt_padding=[2, 1, 0, 0], response_ends=[None, None, 8, 6])
 
 
 def test_frozen_trunk_blocks_counts_the_leading_frozen_blocks() -> None:

@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 from alignment.rl import ppo_math as pm
 from alignment.rl.packing import SEGMENT_ATTENTION, pack_rows, use_segment_attention
 from alignment.rl.ppo_trainer import PolicyAndValue, frozen_trunk_blocks, micro_batch
-from tests.helpers import tiny_llama_config
+from tests.helpers import rollout_batch, tiny_llama_config
 
 PAD = 0
 
@@ -69,15 +69,7 @@ def _models(attention: str) -> PolicyAndValue:
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 97, (4, 13), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[0, :3] = 0  # prompt padding
-    mask[1, :1] = 0
-    mask[2, 8:] = 0  # short responses
-    mask[3, 7:] = 0
-    ids = ids * mask
-    return ids, mask, pm.position_ids_from(mask), 6
+    return rollout_batch(13, 6, prompt_padding=[3, 1, 0, 0], response_ends=[None, None, 8, 7])
 
 
 def _padded(model: PolicyAndValue, part: object, response_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
