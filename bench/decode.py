@@ -12,9 +12,10 @@ padded), sampling at temperature 0.7 over the whole vocabulary with a KV cache, 
 2. The step's matmuls alone: every `nn.Linear` of the model (and the LM head) applied to a (batch, in) input, one
    after the other: what the weights cost at this shape with nothing else around them.
 3. `generate` per decoding step: (time of `--new-tokens` steps - time of 1 step) / (new_tokens - 1), best of 3,
-   so the prompt's prefill is left out; with the default dynamic cache, with a static cache, and (`--compile`)
-   with a static cache and torch.compile (transformers' CompileConfig; its first call, which compiles, is
-   reported apart).
+   so the prompt's prefill is left out; with PPO's sampler (`TokenSampler`: inverse CDF, log-probs kept) and the
+   default dynamic cache, the same with HF's sampling (`torch.multinomial`) instead, with a static cache, and
+   (`--compile`) with a static cache and torch.compile (transformers' CompileConfig; its first call, which
+   compiles, is reported apart).
 4. A profile (torch.profiler) of the dynamic-cache step: per operator, the self time of a `--new-tokens` call
    minus that of a 1-step call, per step: where the step goes beyond its matmuls.
 Results: `<out>/result.json` and a Markdown table on stdout.
@@ -101,27 +102,38 @@ def rollout_query(tokenizer: Any, batch: int) -> dict[str, Any]:
 
 
 def timed_generate(
-    model: Any, query: dict[str, Any], tokenizer: Any, new_tokens: int, **options: Any
+    model: Any,
+    query: dict[str, Any],
+    tokenizer: Any,
+    new_tokens: int,
+    sampler: str = "ppo",
+    **options: Any,
 ) -> float:
-    """Seconds of one seeded `generate` call that samples exactly `new_tokens` tokens per sequence."""
+    """Seconds of one seeded `generate` call that samples exactly `new_tokens` tokens per sequence: with PPO's
+    sampler (`TokenSampler`, inverse CDF, log-probs kept) or with HF's (`multinomial`)."""
     import torch
     from transformers import GenerationConfig
 
+    from alignment.rl.ppo_trainer import TokenSampler
+
+    if sampler == "ppo":
+        sampling: dict[str, Any] = {"do_sample": False}
+        processors = [TokenSampler(TEMPERATURE)]
+    else:
+        sampling = {"do_sample": True, "temperature": TEMPERATURE, "top_k": 0, "top_p": 1.0}
+        processors = None
     config = GenerationConfig(
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
-        do_sample=True,
-        temperature=TEMPERATURE,
-        top_k=0,
-        top_p=1.0,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **sampling,
         **options,
     )
     torch.manual_seed(0)
     started = time.perf_counter()
     with torch.no_grad():
-        output = model.generate(**query, generation_config=config)
+        output = model.generate(**query, generation_config=config, logits_processor=processors)
     elapsed = time.perf_counter() - started
     if output.shape[1] != query["input_ids"].shape[1] + new_tokens:
         raise RuntimeError(
@@ -196,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     result.update(step_bounds(model, args.batch, result["read_bandwidth_bytes_per_s"], result["peak_flops"]))
     result["matmuls_alone_s"] = matmuls_alone(model, args.batch, dtype)
     steps = {"dynamic cache": per_step(model, query, tokenizer, args.new_tokens)}
+    steps["dynamic cache, HF's multinomial sampling"] = per_step(
+        model, query, tokenizer, args.new_tokens, sampler="multinomial"
+    )
     steps["static cache"] = per_step(model, query, tokenizer, args.new_tokens, cache_implementation="static")
     if args.compile:
         from transformers import CompileConfig

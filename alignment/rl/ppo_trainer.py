@@ -288,41 +288,40 @@ def adapter_folded(model: nn.Module) -> Iterator[bool]:
             base.weight.data = original
 
 
-class SampledLogprobs:
-    """A logits processor that divides the logits by the sampling temperature (generate is then run at
-    temperature 1, so nothing else rescales them) and keeps, for every generated token, its log-prob under the
+class TokenSampler:
+    """A logits processor that draws each token itself: it divides the logits by the sampling temperature, draws
+    from the full-vocabulary distribution by inverse CDF (`ppo_math.sample_tokens`, one uniform number per row, not
+    `torch.multinomial`'s one exponential per vocabulary entry) and hands `generate` (run greedy) scores whose only
+    finite entry is the drawn token. With `keep_logprobs`, it keeps each drawn token's log-prob under the
     distribution it was drawn from: the behaviour policy's log-probs, without a second forward pass.
 
-    Memory: one (batch, vocab) row of log-probs at a time, not the whole (steps, batch, vocab) of
-    `output_logits`. At step t the newest column of `input_ids` is the token drawn at step t-1; the last token
-    is gathered in `finish`."""
+    Memory: one (batch, vocab) row of log-probs at a time, not the whole (steps, batch, vocab) of `output_logits`."""
 
-    def __init__(self, temperature: float) -> None:
+    def __init__(self, temperature: float, keep_logprobs: bool = True) -> None:
         self.temperature = temperature
-        self.previous: torch.Tensor | None = None
+        self.keep_logprobs = keep_logprobs
         self.taken: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.previous is not None:
-            self.taken.append(self.previous.gather(1, input_ids[:, -1:]))
-        scores = scores / self.temperature
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
-        return scores
+        logprobs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        tokens = pm.sample_tokens(logprobs)
+        if self.keep_logprobs:
+            self.taken.append(logprobs.gather(1, tokens))
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
 
     def finish(self, sequences: torch.Tensor, query_length: int) -> torch.Tensor:
         """(B, generated columns): the log-prob of every token `generate` appended after `query_length`."""
         generated = sequences.shape[1] - query_length
+        taken, self.taken = self.taken, []
         # `generate` may decode one step past the stop and undo it (a deferred stop check, on some devices): the
-        # tokens are then all gathered already and the last distribution belongs to the undone step.
-        if self.previous is not None and len(self.taken) == generated - 1:
-            self.taken.append(self.previous.gather(1, sequences[:, -1:]))
-        self.previous = None
-        if len(self.taken) != generated:
+        # undone step's draw is dropped.
+        if len(taken) == generated + 1:
+            taken = taken[:generated]
+        if len(taken) != generated:
             raise RuntimeError(
-                f"ppo: recorded {len(self.taken)} sampling steps for {generated} generated tokens; run with "
+                f"ppo: recorded {len(taken)} sampling steps for {generated} generated tokens; run with "
                 "logprobs_from_generation: false"
             )
-        taken, self.taken = self.taken, []
         return torch.cat(taken, dim=1)
 
 
@@ -465,11 +464,8 @@ class PPOTrainer:
 
         return GenerationConfig(
             max_new_tokens=self.args.max_new_tokens,
-            do_sample=True,
-            # With log-probs kept from sampling, `SampledLogprobs` divides by the temperature itself.
-            temperature=1.0 if self.use_generation_logprobs else self.args.temperature,
-            top_k=0,
-            top_p=1.0,
+            # `TokenSampler` applies the temperature and draws each token; generate takes the one it left.
+            do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
@@ -646,7 +642,6 @@ class PPOTrainer:
                 self.args.generation_logprob_tolerance,
             )
             self.use_generation_logprobs = False
-            self.generation_config = self._generation_config()
             return recomputed
         return sampled
 
@@ -740,13 +735,13 @@ class PPOTrainer:
 
         self.model.eval()
         torch.manual_seed(self._seed(iteration))
-        recorder = SampledLogprobs(self.args.temperature) if self.use_generation_logprobs else None
+        sampler = TokenSampler(self.args.temperature, keep_logprobs=self.use_generation_logprobs)
         with self._policy_for_generation() as policy:
             sequences = policy.generate(
                 input_ids=query["input_ids"],
                 attention_mask=query["attention_mask"],
                 generation_config=self.generation_config,
-                logits_processor=[recorder] if recorder is not None else None,
+                logits_processor=[sampler],
             )
         response = sequences[:, query_length:]
         mask, ended = pm.response_mask(response, tok.eos_token_id)
@@ -754,7 +749,7 @@ class PPOTrainer:
         width = max(1, int(mask.sum(dim=1).max().item()))
         response, mask = response[:, :width], mask[:, :width]
         sampled_logprobs = (
-            recorder.finish(sequences, query_length)[:, :width] if recorder is not None else None
+            sampler.finish(sequences, query_length)[:, :width] if sampler.keep_logprobs else None
         )
         response = torch.where(mask.bool(), response, torch.full_like(response, tok.pad_token_id))
         attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
