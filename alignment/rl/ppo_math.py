@@ -336,6 +336,8 @@ def sample_tokens(logprobs: torch.Tensor, generator: torch.Generator | None = No
     # right=True: the first block whose cumulative mass exceeds the draw, so it has mass; likewise within it.
     block = torch.searchsorted(block_cdf, draw, right=True)
     before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp_min(0)), torch.zeros_like(draw))
-    within = probs.gather(1, block.unsqueeze(-1).expand(rows, 1, SAMPLING_BLOCK)).squeeze(1).to(exact).cumsum_(1)
+    within = (
+        probs.gather(1, block.unsqueeze(-1).expand(rows, 1, SAMPLING_BLOCK)).squeeze(1).to(exact).cumsum_(1)
+    )
     rest = torch.minimum(draw - before, torch.nextafter(within[:, -1:], torch.zeros_like(draw)))
     return block * SAMPLING_BLOCK + torch.searchsorted(within, rest, right=True)
