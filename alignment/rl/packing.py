@@ -53,6 +53,32 @@ class PackedRows:
     """(M,): the response tokens."""
     shape: tuple[int, int]
     """(B, width)"""
+    grid: tuple[int, int]
+    """(B, T): the micro-batch's rows and columns."""
+
+    # The same interface as `ppo_trainer.MicroBatch`, the padded layout: the passes take either.
+    @property
+    def model_inputs(self) -> tuple[torch.Tensor, None, torch.Tensor]:
+        """input_ids, attention_mask (None: the bounds are in `attention_kwargs`), position_ids."""
+        return self.input_ids, None, self.position_ids
+
+    @property
+    def keep(self) -> torch.Tensor:
+        """`logits_to_keep`: the positions whose logits predict the response tokens."""
+        return self.predicting
+
+    @property
+    def real(self) -> torch.Tensor:
+        """(1, N): every packed position is a real token."""
+        return torch.ones_like(self.input_ids, dtype=torch.bool)
+
+    def response_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The kept logits (1, M, V) -> (M, V), one row per response token."""
+        return logits[0]
+
+    def response_values(self, values: torch.Tensor) -> torch.Tensor:
+        """Values at every packed position (1, N) -> (M,), the critic's estimate before each response token."""
+        return values[0, self.predicting]
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """(M,) per response token -> (B, width), zeros where a row has no response token."""
@@ -63,6 +89,11 @@ class PackedRows:
     def gather(self, grid: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) aligned with the micro-batch -> (1, N, ...) aligned with the packed row."""
         return grid.reshape(-1, *grid.shape[2:])[self.tokens].unsqueeze(0)
+
+    def ungather(self, packed: torch.Tensor) -> torch.Tensor:
+        """(1, N, ...) aligned with the packed row -> (B, T, ...), zeros at padding: the inverse of `gather`."""
+        out = packed.new_zeros(self.grid[0] * self.grid[1], *packed.shape[2:])
+        return out.index_copy(0, self.tokens, packed[0]).view(*self.grid, *packed.shape[2:])
 
 
 def pack_rows(
@@ -108,6 +139,7 @@ def pack_rows(
         response=row * width + column,
         response_ids=input_ids.flatten()[at],
         shape=(rows, width),
+        grid=(rows, columns),
     )
 
 

@@ -47,7 +47,7 @@ logger = logging.getLogger("alignment.ppo")
 
 STATE_FILE = "ppo_state.json"
 Keep = int | torch.Tensor
-"""`logits_to_keep`: the last N positions, or the positions themselves."""
+"""`logits_to_keep`: the last N positions (0: all), or the positions themselves."""
 
 
 def frozen_trunk_blocks(critic: nn.Module) -> int:
@@ -103,7 +103,7 @@ class PolicyAndValue(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         with_values: bool = True,
-        logits_to_keep: int | torch.Tensor = 0,
+        logits_to_keep: Keep = 0,
         trunk: torch.Tensor | None = None,
         keep_trunk: bool = False,
         with_logits: bool = True,
@@ -208,6 +208,50 @@ class MicroBatch:
     """Prompt columns kept (the responses start here)."""
     width: int
     """Response columns kept: the longest response among these rows."""
+
+    # The same interface as `packing.PackedRows`, the padding-free layout: the passes take either.
+    @property
+    def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.input_ids, self.attention_mask, self.position_ids
+
+    @property
+    def attention_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def keep(self) -> torch.Tensor:
+        """`logits_to_keep`: the last width + 1 positions (those that predict the response, and the last), as an
+        index tensor (`ppo_math.last_positions`)."""
+        keep = pm.last_positions(self.input_ids.shape[1], self.width + 1, self.input_ids.device)
+        assert isinstance(keep, torch.Tensor)  # width + 1 > 0 positions
+        return keep
+
+    @property
+    def real(self) -> torch.Tensor:
+        return self.attention_mask.bool()
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.query_length :]
+
+    def response_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The kept logits (B, width + 1, V) -> (B, width, V), those that predict the response columns."""
+        return logits[:, :-1]
+
+    def response_values(self, values: torch.Tensor) -> torch.Tensor:
+        """Values at every position (B, T) -> (B, width), the critic's estimate before each response column."""
+        return values[:, self.query_length - 1 : -1]
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """Already (B, width)."""
+        return values
+
+    def gather(self, grid: torch.Tensor) -> torch.Tensor:
+        """Already aligned with the micro-batch."""
+        return grid
+
+    def ungather(self, aligned: torch.Tensor) -> torch.Tensor:
+        return aligned
 
 
 def micro_batch(
@@ -536,55 +580,24 @@ class PPOTrainer:
             part = micro_batch(
                 batch["input_ids"], batch["attention_mask"], batch["position_ids"], query_length, index
             )
-            if self.padding_free:
-                packed = pack_rows(
-                    part.input_ids,
-                    part.attention_mask,
-                    part.position_ids,
-                    part.query_length,
-                    part.attention_mask[:, part.query_length :],
+            layout = self._layout(part, part.attention_mask[:, part.query_length :])
+            logits, value, part_trunk = forward(
+                *layout.model_inputs, keep=layout.keep, attention_kwargs=layout.attention_kwargs
+            )
+            if logits is not None:
+                part_logprobs = gather_response_logprobs(
+                    layout.response_logits(logits), layout.response_ids, self.args.temperature
                 )
-                inputs = (packed.input_ids, None, packed.position_ids)
-                extra: dict[str, Any] = {"attention_kwargs": packed.attention_kwargs}
-                logits, value, part_trunk = forward(*inputs, keep=packed.predicting, **extra)
-                part_logprobs = (
-                    packed.scatter(
-                        gather_response_logprobs(logits[0], packed.response_ids, self.args.temperature)
-                    )
-                    if logits is not None
-                    else None
-                )
-                part_values = (
-                    packed.scatter(value[0, packed.predicting].float()) if value is not None else None
-                )
-                real = torch.ones_like(packed.input_ids, dtype=torch.bool)
-            else:
-                inputs, extra = (part.input_ids, part.attention_mask, part.position_ids), {}
-                logits, value, part_trunk = forward(*inputs, keep=part.width + 1)
-                part_logprobs = (
-                    gather_response_logprobs(
-                        logits[:, :-1], part.input_ids[:, part.query_length :], self.args.temperature
-                    )
-                    if logits is not None
-                    else None
-                )
-                part_values = value[:, part.query_length - 1 : -1].float() if value is not None else None
-                real = part.attention_mask.bool()
-            if part_logprobs is not None:
-                logprobs[index] = _pad_columns(part_logprobs, width)
-            if part_values is not None:
+                logprobs[index] = _pad_columns(layout.scatter(part_logprobs), width)
+            if value is not None:
                 if values is None:
                     values = torch.zeros(rows, width, device=logprobs.device)
-                values[index] = _pad_columns(part_values, width)
+                values[index] = _pad_columns(layout.scatter(layout.response_values(value).float()), width)
             if part_trunk is not None:
                 assert value is not None
                 if not self.trunk_checked:
-                    self._check_trunk(inputs, extra, real, value, part_trunk)
-                if self.padding_free:  # back to the micro-batch's grid, zeros at padding
-                    grid = part_trunk.new_zeros(part.attention_mask.numel(), part_trunk.shape[-1])
-                    part_trunk = grid.index_copy(0, packed.tokens, part_trunk[0]).view(
-                        *part.attention_mask.shape, -1
-                    )
+                    self._check_trunk(layout, value, part_trunk)
+                part_trunk = layout.ungather(part_trunk)  # back to the micro-batch's grid, zeros at padding
                 if trunk is None:
                     trunk = part_trunk.new_zeros(rows, full, part_trunk.shape[-1])
                 lead = query_length - part.query_length
@@ -592,18 +605,16 @@ class PPOTrainer:
         return logprobs, values, trunk
 
     def _check_trunk(
-        self,
-        inputs: tuple[torch.Tensor | None, ...],
-        extra: dict[str, Any],
-        real: torch.Tensor,
-        values: torch.Tensor,
-        trunk: torch.Tensor,
+        self, layout: MicroBatch | PackedRows, values: torch.Tensor, trunk: torch.Tensor
     ) -> None:
-        """Once per run: the critic's values from the kept trunk must equal the full pass's (`values`, at the
-        `real` positions of `inputs`), or caching is turned off (on every process) with a warning (a backbone
-        whose forward does more than embed + blocks)."""
+        """Once per run: the critic's values from the kept trunk must equal the full pass's (`values`, over
+        `layout`'s inputs), or caching is turned off (on every process) with a warning (a backbone whose forward
+        does more than embed + blocks)."""
         self.trunk_checked = True
-        _, cached, _ = self.model(*inputs, trunk=trunk, with_logits=False, **extra)
+        _, cached, _ = self.model(
+            *layout.model_inputs, trunk=trunk, with_logits=False, attention_kwargs=layout.attention_kwargs
+        )
+        real = layout.real
         error = (cached.float() - values.float())[real].abs().max()
         tolerance = 1e-3 * (1.0 + values.float()[real].abs().max())
         if self._on_any_process(error > tolerance):
@@ -648,28 +659,25 @@ class PPOTrainer:
     # Each forward returns the logits of the last response_length + 1 positions only: the LM head over the prompt
     # positions (a 576 x 49k matmul per token for SmolLM2) would be computed and thrown away.
     def _policy_and_values(
-        self, *inputs: torch.Tensor | None, keep: Keep, **extra: Any
+        self, *inputs: torch.Tensor | None, keep: torch.Tensor, **extra: Any
     ) -> tuple[torch.Tensor, ...]:
         return self.model(*inputs, with_values=True, logits_to_keep=keep, keep_trunk=True, **extra)
 
     def _policy_only(
-        self, *inputs: torch.Tensor | None, keep: Keep, **extra: Any
+        self, *inputs: torch.Tensor | None, keep: torch.Tensor, **extra: Any
     ) -> tuple[torch.Tensor, ...]:
         return self.model(*inputs, with_values=False, logits_to_keep=keep, **extra)
 
     def _values_only(
-        self, *inputs: torch.Tensor | None, keep: Keep, **extra: Any
+        self, *inputs: torch.Tensor | None, keep: torch.Tensor, **extra: Any
     ) -> tuple[torch.Tensor, ...]:
         return self.model(*inputs, with_logits=False, keep_trunk=True, **extra)
 
     def _reference(
-        self, *inputs: torch.Tensor | None, keep: Keep, attention_kwargs: dict[str, Any] | None = None
+        self, *inputs: torch.Tensor | None, keep: torch.Tensor, attention_kwargs: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, None, None]:
         input_ids, attention_mask, position_ids = inputs
         assert self.ref_policy is not None
-        if isinstance(keep, int):
-            assert input_ids is not None
-            keep = pm.last_positions(input_ids.shape[1], keep, input_ids.device)
         output = self.ref_policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -830,39 +838,32 @@ class PPOTrainer:
         return stats
 
     # ------------------------------------------------------------------------------------------------- update
+    def _layout(self, part: MicroBatch, response_mask: torch.Tensor) -> MicroBatch | PackedRows:
+        """The micro-batch as the passes run it: packed into one row when `padding_free`, else padded."""
+        if not self.padding_free:
+            return part
+        return pack_rows(
+            part.input_ids, part.attention_mask, part.position_ids, part.query_length, response_mask
+        )
+
     def _training_outputs(
         self, part: MicroBatch, mask: torch.Tensor, trunk: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackedRows | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, MicroBatch | PackedRows]:
         """One micro-batch's forward pass for the losses: the response tokens' log-probs and the critic's values,
         (B, width) with gradients, and the fp32 logits at the sampling temperature that the log-probs came from
         (divided once, kept for the entropy metric): (B, width, V), or (M, V) for the M response tokens of a
-        padding-free pass, with the `PackedRows` that maps them back."""
-        temperature = self.args.temperature
-        if not self.padding_free:
-            logits, values, _ = self.model(
-                part.input_ids,
-                part.attention_mask,
-                part.position_ids,
-                logits_to_keep=part.width + 1,
-                trunk=trunk,
-            )
-            assert logits is not None and values is not None
-            logits = logits[:, :-1].float() / temperature
-            logprobs = gather_response_logprobs(logits, part.input_ids[:, part.query_length :], 1.0)
-            return logprobs, values[:, part.query_length - 1 : -1].float(), logits, None
-        packed = pack_rows(part.input_ids, part.attention_mask, part.position_ids, part.query_length, mask)
+        padding-free pass, with the layout whose `scatter` maps them to (B, width)."""
+        layout = self._layout(part, mask)
         logits, values, _ = self.model(
-            packed.input_ids,
-            None,
-            packed.position_ids,
-            logits_to_keep=packed.predicting,
-            trunk=packed.gather(trunk) if trunk is not None else None,
-            attention_kwargs=packed.attention_kwargs,
+            *layout.model_inputs,
+            logits_to_keep=layout.keep,
+            trunk=layout.gather(trunk) if trunk is not None else None,
+            attention_kwargs=layout.attention_kwargs,
         )
         assert logits is not None and values is not None
-        logits = logits[0].float() / temperature
-        logprobs = packed.scatter(gather_response_logprobs(logits, packed.response_ids, 1.0))
-        return logprobs, packed.scatter(values[0, packed.predicting].float()), logits, packed
+        logits = layout.response_logits(logits).float() / self.args.temperature
+        logprobs = layout.scatter(gather_response_logprobs(logits, layout.response_ids, 1.0))
+        return logprobs, layout.scatter(layout.response_values(values).float()), logits, layout
 
     def update(self, rollout: Rollout, iteration: int) -> dict[str, float]:
         args, plan = self.args, self.plan
@@ -884,7 +885,7 @@ class PPOTrainer:
                     lead = q - part.query_length
                     trunk = rollout.critic_trunk[index][:, lead : lead + part.input_ids.shape[1]]
                 with self.accelerator.accumulate(self.model):
-                    logprobs, values, logits, packed = self._training_outputs(part, mask, trunk)
+                    logprobs, values, logits, layout = self._training_outputs(part, mask, trunk)
                     pg = pm.policy_loss(
                         logprobs,
                         rollout.logprobs[index][:, cut],
@@ -910,8 +911,7 @@ class PPOTrainer:
                         warnings.simplefilter("ignore")  # DeepSpeed steps the optimiser inside backward()
                         self.scheduler.step()
                 with torch.no_grad():
-                    entropy = entropy_from_logits(logits)
-                    entropy = pm.masked_mean(packed.scatter(entropy) if packed else entropy, mask)
+                    entropy = pm.masked_mean(layout.scatter(entropy_from_logits(logits)), mask)
                 for key, value in (
                     ("loss/policy", pg.loss),
                     ("loss/value", vf_loss),
