@@ -461,6 +461,8 @@ class PPOTrainer:
         self.logged_folding = False
         self.use_generation_logprobs = bool(getattr(args, "logprobs_from_generation", True))
         self.generation_logprobs_checked = False
+        # the check's mean |diff| per token, once it was made
+        self.generation_logprob_difference: float | None = None
         if trunk_blocks:
             logger.info(
                 "[ppo] the critic's first %d blocks are frozen: their output is kept from the rollout for the "
@@ -617,7 +619,13 @@ class PPOTrainer:
         real = layout.real
         error = (cached.float() - values.float())[real].abs().max()
         tolerance = 1e-3 * (1.0 + values.float()[real].abs().max())
-        if self._on_any_process(error > tolerance):
+        failed = self._on_any_process(error > tolerance)
+        logger.info(
+            "[ppo] critic values from the kept frozen blocks vs the full pass: max |diff| %.3g (tolerance %.3g)",
+            float(error),
+            float(tolerance),
+        )
+        if failed:
             logger.warning(
                 "ppo: the critic's values from its kept frozen blocks differ from the full pass (max |diff| %.3g); "
                 "running the whole critic in every epoch instead (cache_critic_trunk off)",
@@ -640,6 +648,7 @@ class PPOTrainer:
         # Mean |diff| per token: a wrong temperature or a filtered distribution moves it by tenths of a nat; the
         # numerical noise of cached decoding was 4e-6 in fp32 on SmolLM2 (bf16's is larger, not measured here).
         failed = self._on_any_process(mean > self.args.generation_logprob_tolerance)
+        self.generation_logprob_difference = float(mean)
         logger.info(
             "[ppo] log-probs kept while sampling vs a full forward pass: mean |diff| %.3g, max %.3g per token",
             float(mean),
@@ -968,6 +977,7 @@ class PPOTrainer:
                     "num_tokens": previous + tokens_processed,  # cumulative, as TRL's trainers log it
                     "lr": self.scheduler.get_last_lr()[0],
                     "loss": stats["loss/total"],
+                    **self._numerical_paths(),
                     "step": iteration + 1,
                 }
             )
@@ -1005,6 +1015,18 @@ class PPOTrainer:
             if key in last
         }
         return TrainOutput(self.state.iteration, sum(losses) / max(1, len(losses)), metrics)
+
+    def _numerical_paths(self) -> dict[str, float]:
+        """Which path this iteration's numbers took, logged with its figures (1 = the fast path): the log-probs kept
+        while sampling or a recomputing forward pass (and the check's mean |diff| per token), the critic's kept
+        frozen blocks or its whole pass. A run that fell back on one machine only shows it here."""
+        paths = {
+            "numerics/kept_generation_logprobs": float(self.use_generation_logprobs),
+            "numerics/cached_critic_trunk": float(self.unwrapped.trunk_blocks > 0),
+        }
+        if self.generation_logprob_difference is not None:
+            paths["numerics/generation_logprob_mean_diff"] = self.generation_logprob_difference
+        return paths
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, iteration: int) -> None:

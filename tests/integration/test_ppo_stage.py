@@ -156,6 +156,8 @@ def test_keeping_the_critic_trunk_changes_no_logged_figure(sft_and_rm: Path, tmp
         histories.append(json.loads((tmp_path / cache / "run" / "ppo" / "log_history.json").read_text()))
     cached, full = histories
     assert len(cached) == len(full) == 2
+    assert [h["numerics/cached_critic_trunk"] for h in cached] == [1.0, 1.0]
+    assert [h["numerics/cached_critic_trunk"] for h in full] == [0.0, 0.0]
     for key in ("loss/value", "loss/policy", "value/explained_variance", "objective/kl"):
         assert [h[key] for h in cached] == pytest.approx([h[key] for h in full], abs=1e-5), key
     # A clip fraction counts tokens past a threshold: float reordering may move one token (of ~250) across it.
@@ -252,6 +254,16 @@ def test_log_probs_kept_while_sampling_give_the_run_a_recomputing_pass_gives(
     assert float(match.group(2)) < 1e-4
     assert "recomputing them with a forward pass from now on" not in logs["kept"]
     assert "recomputing them with a forward pass from now on" in logs["fallback"], logs["fallback"][-2000:]
+    # Each iteration logs the path it took, and the check's measured difference once it was made.
+    paths = {
+        name: [h["numerics/kept_generation_logprobs"] for h in history] for name, history in histories.items()
+    }
+    assert paths == {"recomputed": [0.0, 0.0], "kept": [1.0, 1.0], "fallback": [0.0, 0.0]}
+    assert "numerics/generation_logprob_mean_diff" not in histories["recomputed"][0]
+    assert histories["kept"][0]["numerics/generation_logprob_mean_diff"] == pytest.approx(
+        float(match.group(1)), rel=1e-2
+    )  # the log prints 3 significant digits
+    assert histories["fallback"][0]["numerics/generation_logprob_mean_diff"] > 0
     for key in ("reward/score", "objective/kl", "loss/policy", "loss/value", "policy/approx_kl"):
         recomputed = [h[key] for h in histories["recomputed"]]
         assert [h[key] for h in histories["fallback"]] == pytest.approx(recomputed, abs=1e-6), key

@@ -1,4 +1,4 @@
-"""The KL estimator of alignment.evaluate against a token-by-token computation, and the CI helper."""
+"""The KL estimator of alignment.evaluate against a token-by-token computation, and the statistics helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.evaluate import mean_and_half_width, sampled_kl
+from alignment.evaluate import mean_and_half_width, paired_difference, sampled_kl
 
 PROMPTS = [
     [{"role": "user", "content": "Say hi."}],
@@ -84,3 +84,30 @@ def test_mean_and_half_width() -> None:
     assert math.isnan(mean_and_half_width([0.3])[1])
     with pytest.raises(ValueError):
         mean_and_half_width([])
+
+
+def test_paired_difference_averages_each_prompt_before_its_standard_error() -> None:
+    # Per-sample differences 1,1 | 1,0 | 0,0 | 1,0: prompt means 1, 0.5, 0, 0.5 -> mean 0.5, sd^2 = 0.5 / 3,
+    # SE = sqrt(1/6 / 4) = 1/sqrt(24), z = sqrt(6). (Over the 8 samples as if independent, SE would be 0.189.)
+    groups = [0, 0, 1, 1, 2, 2, 3, 3]
+    scores = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    reference = [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    result = paired_difference(scores, reference, groups)
+    assert result["mean"] == pytest.approx(0.5)
+    assert result["standard_error"] == pytest.approx(1 / math.sqrt(24))
+    assert result["z"] == pytest.approx(math.sqrt(6))
+    assert result["p_one_sided"] == pytest.approx(0.5 * math.erfc(math.sqrt(3)))
+    assert result["groups"] == 4
+    worse = paired_difference(reference, scores, groups)
+    assert worse["z"] == pytest.approx(-math.sqrt(6)) and worse["p_one_sided"] > 0.99
+
+
+def test_paired_difference_of_identical_scores_is_no_evidence() -> None:
+    same = paired_difference([1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1])
+    assert same["mean"] == 0.0 and same["z"] == 0.0 and same["p_one_sided"] == 0.5
+    constant = paired_difference([1.0, 1.0], [0.0, 0.0], [0, 1])  # the same gain on every prompt
+    assert constant["z"] == math.inf and constant["p_one_sided"] == 0.0
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_difference([1.0], [1.0, 0.0], [0, 1])
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        paired_difference([1.0, 0.0], [0.0, 0.0], [0, 0])
