@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         from alignment.config import ConfigError
         from alignment.data import DataError
         from alignment.evaluate import EvalError
+        from alignment.generation import GenerationError
 
-        if isinstance(error, (ConfigError, DataError, ArtifactError, EvalError)):
+        if isinstance(error, (ConfigError, DataError, ArtifactError, EvalError, GenerationError)):
             print(f"error: {error}", file=sys.stderr)
             return 2
         raise

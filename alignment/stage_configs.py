@@ -14,6 +14,7 @@ from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
 from alignment.config import ModelConfig, StageArgsMixin
 from alignment.data import DataConfig
+from alignment.generation import GenerationConfig
 
 
 @dataclass
@@ -105,6 +106,11 @@ class PPOStageConfig(StageArgsMixin, TrainingArguments):
     generation (the rollout's and the PPO epochs'); attention stays within each sequence (transformers' `sdpa` runs
     once per sequence, flash attention takes the bounds). The same log-probs and values to float rounding, without
     the compute that left-padded prompts and right-padded responses waste. Not hashed."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """The rollout's generation engine (`alignment.generation`): `backend: hf` decodes with the training policy;
+    `vllm` with an in-process vLLM engine synced after each update (the trainer then recomputes the log-probs it
+    optimises, logs the engine/trainer mismatch, and with `importance_sampling_cap` weighs tokens by the capped
+    ratio); `auto` (default) takes vLLM where it is installed and runs here, else `hf`."""
     fold_adapter_for_generation: bool = True
     """With LoRA, generate with the adapter folded into a temporary copy of the adapted weights (one matmul per
     linear instead of three; the originals are put back untouched); off under ZeRO-3. The reference's log-probs

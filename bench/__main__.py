@@ -12,6 +12,10 @@ SUITES = {
         "bench.decode",
         "one decoding step of `generate` against this machine's memory and compute bounds",
     ),
+    "engines": (
+        "bench.engines",
+        "one decoding step of each generation backend (hf, vllm) and dtype, side by side",
+    ),
     "profile": ("bench.profile", "torch.profiler over a TRL-backed stage's steps, time by operator class"),
     "scaling": ("bench.scaling", "a stage's time vs samples, sequence length, and 1 vs 2 processes"),
     "service": (

@@ -114,7 +114,7 @@ def timed_generate(
     import torch
     from transformers import GenerationConfig
 
-    from alignment.rl.ppo_trainer import TokenSampler
+    from alignment.generation.hf import TokenSampler
 
     if sampler == "ppo":
         sampling: dict[str, Any] = {"do_sample": False}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+# tests/vllm runs in the vLLM venv (`make test` runs it there: see tests/vllm/conftest.py).
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ALIGNMENT_DATA_DIR", REPO.parent / "shared" / "data"))

@@ -184,13 +184,19 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     cliprange: float,
+    token_weights: torch.Tensor | None = None,
 ) -> PolicyLoss:
-    """Clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise, averaged over response tokens."""
+    """Clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise, averaged over response tokens.
+    `token_weights` (constants) scale each token's term: truncated importance-sampling weights when the samples
+    came from another engine's distribution."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         clipfrac = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean(0.5 * log_ratio**2, mask)

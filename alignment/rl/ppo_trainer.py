@@ -1,11 +1,14 @@
 """The project's actor-critic PPO for language models (TRL removed its PPOTrainer in 1.13).
 
 One iteration:
-    1. rollout   the policy samples a completion per prompt (weights gathered once under ZeRO-3, never
+    1. rollout   the generation engine (`alignment.generation`, backend `hf` or `vllm`) samples a completion
+                 per prompt. `hf` decodes with the training policy (weights gathered once under ZeRO-3, never
                  token-by-token over shards) and keeps each sampled token's log-prob from the logits it was
                  drawn from, divided by the sampling temperature (checked once per run against a full forward
-                 pass; `logprobs_from_generation: false` recomputes them); reference log-probs and values take
-                 one forward each;
+                 pass; `logprobs_from_generation: false` recomputes them). `vllm` decodes with its own copy of
+                 the weights (synced after every update); the trainer recomputes the log-probs it optimises,
+                 logs the engine/trainer mismatch, and optionally weighs tokens by the capped ratio (truncated
+                 importance sampling). Reference log-probs and values take one forward each;
     2. score     the reward (any `reward_models` spec: a learned RM with its own tokenizer, a rule, a mix) scores
                  the decoded text; responses that never emit EOS are penalised;
     3. advantage per-token reward = -kl_coef * KL(pi || ref) + score at the last token; GAE(gamma, lambda);
@@ -39,6 +42,7 @@ import torch
 from torch import nn
 
 from alignment import artifacts
+from alignment.generation import GenerationConfig, Sampling, create_engine, resolve_backend
 from alignment.rl import ppo_math as pm
 from alignment.rl.packing import PackedRows, pack_rows, use_segment_attention
 from alignment.rl.ppo_math import gather_response_logprobs, position_ids_from
@@ -186,6 +190,9 @@ class Rollout:
     completions: list[str]
     critic_trunk: torch.Tensor | None = None
     """(B, T, hidden): the critic's frozen blocks' output, kept for the PPO epochs (None: not cached)."""
+    token_weights: torch.Tensor | None = None
+    """(B, T): truncated importance-sampling weights min(pi_trainer / pi_engine, cap) (None: no correction)."""
+    engine_stats: dict[str, float] = field(default_factory=dict)
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -283,90 +290,6 @@ def micro_batch(
 
 def _pad_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
-
-
-@contextlib.contextmanager
-def adapter_folded(model: nn.Module) -> Iterator[bool]:
-    """A PEFT LoRA model with its active adapters folded into fresh copies of the linear weights they adapt and
-    the adapter layers off, so that each linear is one matmul (decoding a token otherwise runs three per adapted
-    linear). Yields whether it folded; on exit the original weight tensors are put back untouched (no
-    merge/unmerge rounding drift into the frozen base, which is also the reference). Adapters other than plain
-    LoRA on linear layers (DoRA and other variants, embeddings) are left as they are."""
-    try:
-        from peft import PeftModel
-        from peft.tuners.lora.layer import Linear as LoraLinear
-        from peft.tuners.lora.layer import LoraLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        yield False
-        return
-    if not isinstance(model, PeftModel):
-        yield False
-        return
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    plain = all(
-        type(m) is LoraLinear
-        and not m.merged
-        and not m.disable_adapters
-        and not any(name in m.lora_magnitude_vector for name in m.active_adapters)
-        and not any(getattr(m, "lora_variant", {}).get(name) for name in m.active_adapters)
-        for m in layers
-    )
-    if not layers or not plain:
-        yield False
-        return
-    swapped: list[tuple[nn.Module, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for layer in layers:
-                base = layer.get_base_layer()
-                delta = [
-                    layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A
-                ]
-                if delta:
-                    swapped.append((base, base.weight.data))
-                    base.weight.data = base.weight.data + sum(delta).to(base.weight.dtype)
-        with model.disable_adapter():
-            yield True
-    finally:
-        for base, original in swapped:
-            base.weight.data = original
-
-
-class TokenSampler:
-    """A logits processor that draws each token itself: it divides the logits by the sampling temperature, draws
-    from the full-vocabulary distribution by inverse CDF (`ppo_math.sample_tokens`, one uniform number per row, not
-    `torch.multinomial`'s one exponential per vocabulary entry) and hands `generate` (run greedy) scores whose only
-    finite entry is the drawn token. With `keep_logprobs`, it keeps each drawn token's log-prob under the
-    distribution it was drawn from: the behaviour policy's log-probs, without a second forward pass.
-
-    Memory: one (batch, vocab) row of log-probs at a time, not the whole (steps, batch, vocab) of `output_logits`."""
-
-    def __init__(self, temperature: float, keep_logprobs: bool = True) -> None:
-        self.temperature = temperature
-        self.keep_logprobs = keep_logprobs
-        self.taken: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logprobs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        tokens = pm.sample_tokens(logprobs)
-        if self.keep_logprobs:
-            self.taken.append(logprobs.gather(1, tokens))
-        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
-
-    def finish(self, sequences: torch.Tensor, query_length: int) -> torch.Tensor:
-        """(B, generated columns): the log-prob of every token `generate` appended after `query_length`."""
-        generated = sequences.shape[1] - query_length
-        taken, self.taken = self.taken, []
-        # `generate` may decode one step past the stop and undo it (a deferred stop check, on some devices): the
-        # undone step's draw is dropped.
-        if len(taken) == generated + 1:
-            taken = taken[:generated]
-        if len(taken) != generated:
-            raise RuntimeError(
-                f"ppo: recorded {len(taken)} sampling steps for {generated} generated tokens; run with "
-                "logprobs_from_generation: false"
-            )
-        return torch.cat(taken, dim=1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -496,7 +419,32 @@ class PPOTrainer:
             if args.adaptive_kl
             else pm.FixedKLController(args.kl_coef)
         )
-        self.generation_config = self._generation_config()
+        self.generation = getattr(args, "generation", None) or GenerationConfig()
+        backend = resolve_backend(self.generation, self.accelerator.device)
+        if backend == "vllm":
+            # The engine's log-probs come from other kernels (and maybe another dtype): the update's old
+            # log-probs are the trainer's own, recomputed after generation.
+            self.use_generation_logprobs = False
+            with self._whole_policy() as whole:
+                self.engine = create_engine(
+                    self.generation,
+                    whole,
+                    tokenizer,
+                    self.accelerator.device,
+                    backend=backend,
+                    max_model_len=args.max_length if getattr(args, "max_length", None) else None,
+                    seed=args.seed,
+                )
+        else:
+            self.engine = create_engine(
+                self.generation,
+                self.unwrapped.policy,
+                tokenizer,
+                self.accelerator.device,
+                backend=backend,
+                fold_adapter=bool(getattr(args, "fold_adapter_for_generation", True)) and not self.zero3,
+            )
+        logger.info("[ppo] generation backend: %s", self.engine.backend)
 
     # ------------------------------------------------------------------------------------------------ plumbing
     def _total_iterations(self) -> int:
@@ -504,17 +452,6 @@ class PPOTrainer:
             return int(self.args.max_steps)
         per_epoch = len(self.prompts) // self.plan.global_rollout_batch_size
         return max(1, int(per_epoch * self.args.num_train_epochs))
-
-    def _generation_config(self) -> Any:
-        from transformers import GenerationConfig
-
-        return GenerationConfig(
-            max_new_tokens=self.args.max_new_tokens,
-            # `TokenSampler` applies the temperature and draws each token; generate takes the one it left.
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
 
     def prepare_frozen(self, module: nn.Module) -> Any:
         """A frozen model beside the trained one: its own DeepSpeed engine under ZeRO-3 (sharded, as TRL does
@@ -544,6 +481,15 @@ class PPOTrainer:
     def _global_mean(self, tensor: torch.Tensor) -> float:
         stats = self._all_reduce(torch.stack([tensor.float().sum(), torch.tensor(float(tensor.numel()))]))
         return float(stats[0] / stats[1].clamp_min(1.0))
+
+    def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
+        stats = self._all_reduce(torch.stack([(values.float() * mask).sum(), mask.float().sum()]))
+        return float(stats[0] / stats[1].clamp_min(1.0))
+
+    def _all_max(self, value: torch.Tensor) -> float:
+        if self.accelerator.num_processes == 1:
+            return float(value)
+        return float(self.accelerator.reduce(value.float().reshape(1).contiguous(), reduction="max")[0])
 
     def _prompt_rows(self, iteration: int) -> list[dict[str, Any]]:
         """This process's prompts for an iteration: a fixed permutation per pass over the data, so that the data
@@ -706,24 +652,18 @@ class PPOTrainer:
             return self._forward_in_chunks(self._policy_only, batch, query_length)[0]
 
     @contextlib.contextmanager
-    def _policy_for_generation(self) -> Iterator[nn.Module]:
-        """The policy with whole weights for `generate`: under ZeRO-3 its shards are gathered once (the critic's
-        are not) and DeepSpeed's per-module fetch hooks are lifted meanwhile, so decoding never fetches
-        shards token by token."""
+    def _whole_policy(self) -> Iterator[nn.Module]:
+        """The policy with whole weights, to decode with or to copy into an engine: under ZeRO-3 its shards are
+        gathered once (the critic's are not) and DeepSpeed's per-module fetch hooks are lifted meanwhile, so
+        decoding never fetches shards token by token; gradient checkpointing is off (decoding needs the KV
+        cache)."""
         policy = self.unwrapped.policy
         checkpointing = self.unwrapped.is_gradient_checkpointing
         if checkpointing:
-            self.unwrapped.gradient_checkpointing_disable()  # generation needs the KV cache
+            self.unwrapped.gradient_checkpointing_disable()
         try:
             if not self.zero3:
-                if not getattr(self.args, "fold_adapter_for_generation", True):
-                    yield policy
-                    return
-                with adapter_folded(policy) as folded:
-                    if folded and not self.logged_folding:
-                        self.logged_folding = True
-                        logger.info("[ppo] generating with the LoRA adapter folded into the weights")
-                    yield policy
+                yield policy
                 return
             import deepspeed
             from trl.models.utils import add_hooks, remove_hooks
@@ -751,23 +691,27 @@ class PPOTrainer:
         query_length = query["input_ids"].shape[1]
 
         self.model.eval()
-        torch.manual_seed(self._seed(iteration))
-        sampler = TokenSampler(self.args.temperature, keep_logprobs=self.use_generation_logprobs)
-        with self._policy_for_generation() as policy:
-            sequences = policy.generate(
-                input_ids=query["input_ids"],
-                attention_mask=query["attention_mask"],
-                generation_config=self.generation_config,
-                logits_processor=[sampler],
-            )
-        response = sequences[:, query_length:]
+        sampling = Sampling(self.args.max_new_tokens, self.args.temperature, self._seed(iteration))
+        on_engine = self.engine.backend != "hf"
+        if on_engine:
+            generated = self.engine.generate(query["input_ids"], query["attention_mask"], sampling, True)
+        else:
+            with self._whole_policy():
+                generated = self.engine.generate(
+                    query["input_ids"], query["attention_mask"], sampling, self.use_generation_logprobs
+                )
+            if getattr(self.engine, "folded", False) and not self.logged_folding:
+                self.logged_folding = True
+                logger.info("[ppo] generating with the LoRA adapter folded into the weights")
+        response = generated.response
         mask, ended = pm.response_mask(response, tok.eos_token_id)
         # Every later pass costs in proportion to the sequence length: cut the columns past the longest response.
         width = max(1, int(mask.sum(dim=1).max().item()))
         response, mask = response[:, :width], mask[:, :width]
-        sampled_logprobs = (
-            sampler.finish(sequences, query_length)[:, :width] if sampler.keep_logprobs else None
-        )
+        sampled_logprobs = generated.logprobs[:, :width] if generated.logprobs is not None else None
+        engine_logprobs = sampled_logprobs if on_engine else None
+        if on_engine:
+            sampled_logprobs = None  # the trainer's own log-probs drive the update and the KL
         response = torch.where(mask.bool(), response, torch.full_like(response, tok.pad_token_id))
         attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
         batch = {
@@ -787,6 +731,9 @@ class PPOTrainer:
                 logprobs = self._check_generation_logprobs(batch, query_length, sampled_logprobs, mask)
         if not self.unwrapped.trunk_blocks:
             trunk = None  # the check turned caching off
+        token_weights, engine_stats = None, {}
+        if engine_logprobs is not None:
+            token_weights, engine_stats = self._engine_mismatch(logprobs, engine_logprobs, mask)
         ref_logprobs = self._reference_logprobs(batch, query_length)
         assert values is not None
         timings["forward"] = time.perf_counter() - started
@@ -813,6 +760,8 @@ class PPOTrainer:
             ref_logprobs=ref_logprobs * mask,
             values=values * mask,
             critic_trunk=trunk,
+            token_weights=token_weights,
+            engine_stats=engine_stats,
             scores=scores,
             raw_scores=raw_scores,
             ended=ended,
@@ -820,6 +769,34 @@ class PPOTrainer:
             completions=completions,
             timings=timings,
         )
+
+    def _engine_mismatch(
+        self, logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """How far the engine's sampling distribution is from the trainer's on the drawn tokens, and (with
+        `generation.importance_sampling_cap`) the truncated importance-sampling weights min(pi_trainer /
+        pi_engine, cap) per token (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy
+        RL training"; TRL GRPO's `vllm_importance_sampling_correction`)."""
+        real = mask.bool()
+        log_ratio = (logprobs.float() - engine_logprobs.float()) * mask
+        ratio = torch.exp(log_ratio)
+        stats = {
+            "generation/engine_logprob_mean_abs_diff": self._global_masked_mean(log_ratio.abs(), mask),
+            "generation/engine_logprob_max_abs_diff": float(
+                self._all_max(log_ratio.abs()[real].max() if real.any() else log_ratio.new_zeros(()))
+            ),
+            # k3 estimate of KL(engine || trainer) per token, from the engine's own samples
+            "generation/engine_trainer_kl": self._global_masked_mean(ratio - 1 - log_ratio, mask),
+        }
+        cap = self.generation.importance_sampling_cap
+        if cap is None:
+            return None, stats
+        weights = torch.clamp(ratio, max=cap) * mask
+        stats["generation/importance_weight_mean"] = self._global_masked_mean(weights, mask)
+        stats["generation/importance_weight_capped_fraction"] = self._global_masked_mean(
+            (ratio > cap).float(), mask
+        )
+        return weights, stats
 
     # ---------------------------------------------------------------------------------------------- advantage
     def compute_advantages(self, rollout: Rollout) -> dict[str, float]:
@@ -844,6 +821,7 @@ class PPOTrainer:
         }
         if rollout.raw_scores is not None:
             stats["reward/raw"] = self._global_mean(rollout.raw_scores)
+        stats.update(rollout.engine_stats)
         return stats
 
     # ------------------------------------------------------------------------------------------------- update
@@ -901,6 +879,7 @@ class PPOTrainer:
                         rollout.advantages[index][:, cut],
                         mask,
                         args.cliprange,
+                        rollout.token_weights[index][:, cut] if rollout.token_weights is not None else None,
                     )
                     vf_loss, vf_clipfrac = pm.value_loss(
                         values,
@@ -945,6 +924,7 @@ class PPOTrainer:
         args = self.args
         if resume_from_checkpoint:
             self._load_checkpoint(Path(resume_from_checkpoint))
+            self._sync_engine()  # the engine was built from the initial weights
         start_iteration = self.state.iteration
         progress = tqdm(
             total=self.total_iterations,
@@ -960,6 +940,9 @@ class PPOTrainer:
             stats = self.compute_advantages(rollout)
             train_started = time.perf_counter()
             stats.update(self.update(rollout, iteration))
+            sync_started = time.perf_counter()
+            if self._sync_engine():
+                stats["time/weight_sync_s"] = time.perf_counter() - sync_started
             self.kl_controller.update(stats["objective/kl"], self.plan.global_rollout_batch_size)
             elapsed = time.perf_counter() - started
             counts = torch.stack([rollout.mask.sum(), rollout.attention_mask.sum()]).float()
@@ -1015,6 +998,14 @@ class PPOTrainer:
             if key in last
         }
         return TrainOutput(self.state.iteration, sum(losses) / max(1, len(losses)), metrics)
+
+    def _sync_engine(self) -> bool:
+        """Copies the policy's weights into an engine that keeps its own (vLLM); False when there is none."""
+        if self.engine.backend == "hf":
+            return False
+        with self._whole_policy() as whole:
+            self.engine.sync_weights(whole)
+        return True
 
     def _numerical_paths(self) -> dict[str, float]:
         """Which path this iteration's numbers took, logged with its figures (1 = the fast path): the log-probs kept

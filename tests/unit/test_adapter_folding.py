@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaForCausalLM
 
-from alignment.rl.ppo_trainer import adapter_folded
+from alignment.generation.hf import adapter_folded
 from tests.helpers import tiny_llama_config
 
 

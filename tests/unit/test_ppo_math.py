@@ -87,6 +87,19 @@ def test_policy_loss_gradient_is_zero_where_clipped() -> None:
     assert new.grad is not None and new.grad.item() == 0.0
 
 
+def test_policy_loss_weighs_each_token_by_its_importance_weight() -> None:
+    # Ratios 1 (unclipped), advantages 1 and -2: per-token terms -1 and 2; weights 0.5 and 2 -> (-0.5 + 4) / 2.
+    logprobs = torch.zeros(1, 2, requires_grad=True)
+    advantages = torch.tensor([[1.0, -2.0]])
+    weights = torch.tensor([[0.5, 2.0]])
+    result = pm.policy_loss(logprobs, torch.zeros(1, 2), advantages, torch.ones(1, 2), 0.2, weights)
+    assert result.loss.item() == pytest.approx(1.75)
+    result.loss.backward()  # d/dlogprob of -A * w * ratio at ratio 1, over 2 tokens: -A * w / 2
+    assert logprobs.grad.flatten().tolist() == pytest.approx([-0.25, 2.0])
+    unweighted = pm.policy_loss(logprobs, torch.zeros(1, 2), advantages, torch.ones(1, 2), 0.2)
+    assert unweighted.loss.item() == pytest.approx(0.5)
+
+
 def test_clipped_value_loss() -> None:
     loss, clipfrac = pm.value_loss(
         torch.ones(1, 1), torch.zeros(1, 1), torch.full((1, 1), 2.0), torch.ones(1, 1), cliprange_value=0.2

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaForCausalLM
 
+from alignment.generation.hf import TokenSampler
 from alignment.rl.ppo_math import (
     SAMPLING_BLOCK,
     gather_response_logprobs,
@@ -14,7 +15,6 @@ from alignment.rl.ppo_math import (
     response_mask,
     sample_tokens,
 )
-from alignment.rl.ppo_trainer import TokenSampler
 from tests.helpers import tiny_llama_config
 
 EOS = 2
