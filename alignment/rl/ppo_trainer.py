@@ -479,7 +479,8 @@ class PPOTrainer:
         return float(self._all_reduce(flag.float().reshape(1)).sum()) > 0
 
     def _global_mean(self, tensor: torch.Tensor) -> float:
-        stats = self._all_reduce(torch.stack([tensor.float().sum(), torch.tensor(float(tensor.numel()))]))
+        count = torch.tensor(float(tensor.numel()), device=tensor.device)
+        stats = self._all_reduce(torch.stack([tensor.float().sum(), count]))
         return float(stats[0] / stats[1].clamp_min(1.0))
 
     def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
