@@ -41,7 +41,9 @@ class GenerationConfig:
     of the weights, synced after each update (install the `vllm` extra). `auto`: vLLM where it is installed and
     runs on this device, else `hf` (one log line says why)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """The vLLM engine's dtype. `auto`: the training model's dtype."""
+    """The vLLM engine's dtype. `auto`: bf16 where the device has bf16 units (GPUs with bf16; CPUs with AMX or
+    AVX512-BF16, alignment.precision), else the training model's. The trainer's own log-probs, in the training
+    dtype, drive the update and the KL whatever the engine's."""
     kv_cache_gib: float = 1.0
     """vLLM on a CPU: the KV cache's size in GiB (`VLLM_CPU_KVCACHE_SPACE`)."""
     gpu_memory_utilization: float = 0.3

@@ -59,6 +59,16 @@ def whole_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return whole
 
 
+def engine_dtype(device: torch.device, model_dtype: torch.dtype) -> str:
+    """`generation.dtype: auto`: bf16 where the device has bf16 units, else the model's dtype."""
+    from alignment.precision import bf16_units
+
+    fast, why = bf16_units(device)
+    dtype = "bfloat16" if fast else str(model_dtype).removeprefix("torch.")
+    logger.info("[generation] vLLM engine dtype auto -> %s (%s)", dtype, why)
+    return dtype
+
+
 class VLLMEngine:
     backend = "vllm"
 
@@ -81,7 +91,7 @@ class VLLMEngine:
         from vllm import LLM
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        dtype = config.dtype if config.dtype != "auto" else str(base.dtype).removeprefix("torch.")
+        dtype = config.dtype if config.dtype != "auto" else engine_dtype(device, base.dtype)
         started = time.perf_counter()
         self._folder = tempfile.TemporaryDirectory(prefix="alignment-vllm-")
         folder = Path(self._folder.name)

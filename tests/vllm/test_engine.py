@@ -61,7 +61,9 @@ def mismatch(engine: object, model: object, tokenizer: object, seed: int = 3) ->
 def test_the_engine_samples_from_the_weights_it_was_last_given(tiny: tuple, tuning: str) -> None:
     model, tokenizer = tiny
     model = type(model).from_pretrained(model.name_or_path, dtype=torch.float32).eval()  # a copy to change
-    engine = create_engine(GenerationConfig(backend="vllm"), model, tokenizer, torch.device("cpu"))
+    engine = create_engine(
+        GenerationConfig(backend="vllm", dtype="float32"), model, tokenizer, torch.device("cpu")
+    )
     assert engine.backend == "vllm"
     assert mismatch(engine, model, tokenizer) < TOLERANCE
     torch.manual_seed(0)
@@ -86,7 +88,9 @@ def test_the_engine_samples_from_the_weights_it_was_last_given(tiny: tuple, tuni
 
 def test_a_seed_gives_the_same_tokens_whatever_the_batch_order(tiny: tuple) -> None:
     model, tokenizer = tiny
-    engine = create_engine(GenerationConfig(backend="vllm"), model, tokenizer, torch.device("cpu"))
+    engine = create_engine(
+        GenerationConfig(backend="vllm", dtype="float32"), model, tokenizer, torch.device("cpu")
+    )
     query = queries(tokenizer)
     sampling = Sampling(12, 1.0, 11)
     first = engine.generate(query["input_ids"], query["attention_mask"], sampling).response
