@@ -44,7 +44,7 @@ class GenerationConfig:
     """The vLLM engine's dtype. `auto`: bf16 where the device has bf16 units (GPUs with bf16; CPUs with AMX or
     AVX512-BF16, alignment.precision), else the training model's. The trainer's own log-probs, in the training
     dtype, drive the update and the KL whatever the engine's."""
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1
     """vLLM on a CPU: the KV cache's size in GiB (`VLLM_CPU_KVCACHE_SPACE`)."""
     gpu_memory_utilization: float = 0.3
     """vLLM on a GPU: the share of the GPU's memory the engine may take (weights + KV cache), beside training."""

@@ -42,7 +42,8 @@ def row_seed(seed: int, row: int) -> int:
 
 def whole_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights under its base model's names; a PEFT LoRA adapter is folded in (`adapter_folded`, the
-    originals untouched) and its own tensors left out."""
+    originals untouched) and its own tensors left out. No copies: a folded weight is a new tensor that
+    `adapter_folded` swaps in and out, so it stays as it was after the swap back."""
     with adapter_folded(model) as folded:
         state = model.state_dict()
         if not folded and hasattr(model, "get_base_model") and any("lora_" in k for k in state):
@@ -55,7 +56,7 @@ def whole_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             if "lora_" in name:
                 continue
             name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-            whole[name] = tensor.detach().clone() if folded else tensor.detach()
+            whole[name] = tensor.detach()
     return whole
 
 
@@ -82,12 +83,11 @@ class VLLMEngine:
         seed: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
-        self.device = device
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         # Without it, vLLM's CPU worker drops torch to 1 thread for serving: in process, the trainer's too.
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         if device.type == "cpu":
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(config.kv_cache_gib))))
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
         from vllm import LLM
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -100,9 +100,8 @@ class VLLMEngine:
 
         tensors, seen = {}, set()
         for name, tensor in whole_state_dict(model).items():
-            if (
-                tensor.data_ptr() in seen
-            ):  # tied weights (lm_head = embed_tokens): stored once, vLLM ties them
+            # Tied weights (lm_head = embed_tokens) are stored once: vLLM ties them from the config.
+            if tensor.data_ptr() in seen:
                 continue
             seen.add(tensor.data_ptr())
             tensors[name] = tensor.contiguous()
@@ -127,7 +126,6 @@ class VLLMEngine:
                 f"generation.backend: vllm could not start an engine for this model ({type(error).__name__}: "
                 f"{error}); set generation.backend: hf"
             ) from error
-        self.dtype = dtype
         logger.info(
             "[generation] vLLM engine (%s, %s) ready in %.1f s",
             dtype,

@@ -425,23 +425,17 @@ class PPOTrainer:
             # The engine's log-probs come from other kernels (and maybe another dtype): the update's old
             # log-probs are the trainer's own, recomputed after generation.
             self.use_generation_logprobs = False
-            with self._whole_policy() as whole:
-                self.engine = create_engine(
-                    self.generation,
-                    whole,
-                    tokenizer,
-                    self.accelerator.device,
-                    backend=backend,
-                    max_model_len=args.max_length if getattr(args, "max_length", None) else None,
-                    seed=args.seed,
-                )
-        else:
+        # `hf` decodes with the live policy; `vllm` copies its whole (gathered under ZeRO-3) weights in once here.
+        whole = self._whole_policy() if backend == "vllm" else contextlib.nullcontext(self.unwrapped.policy)
+        with whole as policy:
             self.engine = create_engine(
                 self.generation,
-                self.unwrapped.policy,
+                policy,
                 tokenizer,
                 self.accelerator.device,
                 backend=backend,
+                max_model_len=getattr(args, "max_length", None) or None,
+                seed=args.seed,
                 fold_adapter=bool(getattr(args, "fold_adapter_for_generation", True)) and not self.zero3,
             )
         logger.info("[ppo] generation backend: %s", self.engine.backend)
@@ -709,10 +703,9 @@ class PPOTrainer:
         # Every later pass costs in proportion to the sequence length: cut the columns past the longest response.
         width = max(1, int(mask.sum(dim=1).max().item()))
         response, mask = response[:, :width], mask[:, :width]
-        sampled_logprobs = generated.logprobs[:, :width] if generated.logprobs is not None else None
-        engine_logprobs = sampled_logprobs if on_engine else None
-        if on_engine:
-            sampled_logprobs = None  # the trainer's own log-probs drive the update and the KL
+        kept = generated.logprobs[:, :width] if generated.logprobs is not None else None
+        # On an engine, its log-probs only measure the mismatch: the trainer's own drive the update and the KL.
+        engine_logprobs, sampled_logprobs = (kept, None) if on_engine else (None, kept)
         response = torch.where(mask.bool(), response, torch.full_like(response, tok.pad_token_id))
         attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
         batch = {

@@ -52,12 +52,8 @@ def ppo(tmp: Path, sft: Path, *overrides: str, env: dict | None = None) -> tuple
         "--config",
         str(config),
         "ppo.generation.backend=vllm",
+        "ppo.generation.dtype=float32",  # a test's own overrides come later and win
         "ppo.learning_rate=1e-3",
-        *(
-            ()
-            if any(o.startswith("ppo.generation.dtype=") for o in overrides)
-            else ("ppo.generation.dtype=float32",)
-        ),
         *overrides,
         env=env,
     )
