@@ -206,11 +206,10 @@ def resolve_model_path(name_or_path: str) -> str:
 
 # -------------------------------------------------------------------------------------------------- loading
 def torch_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    """The dtype a trained model's weights load in for `model.dtype` (alignment.precision.training_precision)."""
+    from alignment.precision import training_precision
+
+    return training_precision(name)[0]
 
 
 def load_tokenizer(model_cfg: ModelConfig, path: str | None = None) -> Any:
@@ -249,14 +248,20 @@ def _distinct_pad_token(tokenizer: Any) -> str:
     return tokenizer.eos_token
 
 
-def load_causal_lm(model_cfg: ModelConfig, path: str | None = None, tokenizer: Any = None) -> Any:
+def load_causal_lm(
+    model_cfg: ModelConfig, path: str | None = None, tokenizer: Any = None, frozen: bool = False
+) -> Any:
+    """A causal LM to train (weights in the training dtype) or, `frozen`, one that only runs forward (a reference:
+    in the inference dtype, bf16 where the device has bf16 units under `model.dtype: auto`)."""
     from transformers import AutoModelForCausalLM
+
+    from alignment.precision import inference_dtype
 
     path = path or resolve_model_path(model_cfg.name_or_path)
     kwargs: dict[str, Any] = {
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
-        "dtype": torch_dtype(model_cfg.dtype),
+        "dtype": inference_dtype(model_cfg.dtype) if frozen else torch_dtype(model_cfg.dtype),
         "use_safetensors": True,
     }
     if model_cfg.attn_implementation:

@@ -46,3 +46,57 @@ def bf16_units(device: torch.device, cpuinfo: str | None = None) -> tuple[bool, 
 def fast_dtype(device: torch.device) -> torch.dtype:
     """bf16 where `device` has bf16 units, else fp32."""
     return torch.bfloat16 if bf16_units(device)[0] else torch.float32
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> torch.device:
+    """The device a stage computes on: this process's GPU where CUDA is available, else the CPU."""
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+
+
+def training_precision(name: str, device: torch.device | None = None) -> tuple[torch.dtype, bool]:
+    """(dtype a trained model's weights load in, whether training runs under bf16 autocast) for `model.dtype`.
+
+    `auto`: on a GPU with bf16, bf16 weights and bf16 compute (TRL's default); on a CPU with bf16 units, fp32 master
+    weights under bf16 autocast (the matmuls in bf16, the optimiser's state and update in fp32); else fp32 alone.
+    A named dtype loads the weights in it; a bf16 GPU autocasts to bf16 whatever the weights (as before `auto`
+    existed), a CPU only when asked (a stage's `bf16: true`).
+    """
+    device = device or default_device()
+    fast = bf16_units(device)[0]
+    if name == "auto":
+        if device.type == "cuda" and fast:
+            return torch.bfloat16, True
+        return torch.float32, fast and device.type == "cpu"
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name], device.type == "cuda" and fast
+
+
+def inference_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """The dtype of a model that only runs forward (frozen reference, reward model, evaluated policy) for
+    `model.dtype`: `auto` is bf16 where `device` has bf16 units, else fp32; a named dtype is itself."""
+    if name == "auto":
+        return fast_dtype(device or default_device())
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def precision_record(name: str, device: torch.device | None = None) -> dict[str, object]:
+    """What `model.dtype: name` resolves to on `device`, for manifests and benchmark records."""
+    device = device or default_device()
+    weights, autocast = training_precision(name, device)
+    return {
+        "model_dtype": name,
+        "trained_weights": str(weights).removeprefix("torch."),
+        "bf16_autocast": autocast,
+        "frozen_models": str(inference_dtype(name, device)).removeprefix("torch."),
+        "device": bf16_units(device)[1],
+    }

@@ -29,6 +29,7 @@ from alignment.config import (
 )
 from alignment.data import DataConfig, DataError, load_checked, split_train_eval, write_jsonl
 from alignment.models import load_tokenizer, resolve_model_path
+from alignment.precision import precision_record, training_precision
 from alignment.tracking import StageTracker, report_to
 
 logger = logging.getLogger("alignment")
@@ -138,7 +139,7 @@ class StageRun:
             "output_dir": str(self.work_dir),
             "run_name": f"{self.stage}-{self.hash[:8]}",
             "report_to": report_to(self.pipeline),
-            **device_defaults(),
+            **device_defaults(self.pipeline.model.dtype),
         }
 
     # --------------------------------------------------------------------------------------------------- data
@@ -229,6 +230,7 @@ class StageRun:
                 "wandb_run_id": self.tracker.run_id,
                 "wandb_group": self.tracker.run.group if self.tracker.run is not None else None,
                 "world_size": self.state.num_processes,
+                "precision": precision_record(self.pipeline.model.dtype, self.state.device),
                 "wall_time_s": round(time.time() - self.started, 2),
                 "metrics": metrics,
             }
@@ -249,12 +251,12 @@ class StageRun:
         self.tracker.use_model(path, f"{self.pipeline.name}-{name}")
 
 
-def device_defaults() -> dict[str, Any]:
-    """The device part of `StageRun.training_defaults`: CPU without CUDA, bf16 where the GPU has it."""
-    cuda = torch.cuda.is_available()
+def device_defaults(dtype: str = "auto") -> dict[str, Any]:
+    """The device part of `StageRun.training_defaults`: CPU without CUDA; bf16 autocast where `model.dtype` and the
+    device call for it (alignment.precision.training_precision: a bf16 GPU, or `auto` on a CPU with bf16 units)."""
     return {
-        "use_cpu": not cuda,
-        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": training_precision(dtype)[1],
         "save_only_model": False,
     }
 

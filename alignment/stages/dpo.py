@@ -62,7 +62,9 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
     reference_path = resolve_reference(pipeline, run, STAGE, args.reference_from)
     ref_model = None  # LoRA: adapter disabled; full: TRL makes a frozen copy of the init model
     if reference_path is not None:
-        ref_model = load_causal_lm(model_cfg, reference_path, tokenizer).eval().requires_grad_(False)
+        ref_model = (
+            load_causal_lm(model_cfg, reference_path, tokenizer, frozen=True).eval().requires_grad_(False)
+        )
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,

@@ -85,11 +85,17 @@ def check_reward_models(paths: list[Path], args: Any, run: StageRun) -> None:
 def load_reward(spec: str, paths: list[Path], run: StageRun, batch_size: int, prepare: Any = None) -> Any:
     import reward_models
     from alignment import artifacts
+    from alignment.precision import inference_dtype
 
     for index, path in enumerate(paths):
         if artifacts.is_complete(path):
             run.add_input("reward" if index == 0 else f"reward{index}", path)
-    return reward_models.load(spec, batch_size=batch_size, device=run.state.device, prepare=prepare)
+    dtype = inference_dtype(
+        run.pipeline.model.dtype, run.state.device
+    )  # frozen: bf16 where the device has it
+    return reward_models.load(
+        spec, batch_size=batch_size, device=run.state.device, prepare=prepare, dtype=dtype
+    )
 
 
 def _critic_source(args: Any, learned: list[Path], init_path: str, policy_tokenizer: Any) -> str:
@@ -141,7 +147,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
 
         policy = peft.get_peft_model(policy, peft_config)
     if reference_path is not None or peft_config is None:  # else: the policy with its adapter disabled
-        ref_policy = load_causal_lm(model_cfg, reference_path or init_path, tokenizer)
+        ref_policy = load_causal_lm(model_cfg, reference_path or init_path, tokenizer, frozen=True)
 
     critic_path = _critic_source(args, learned, init_path, tokenizer)
     critic = AutoModelForSequenceClassification.from_pretrained(

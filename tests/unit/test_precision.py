@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from alignment.precision import bf16_units, cpu_flags
@@ -19,3 +20,36 @@ def test_bf16_units_are_read_from_the_cpu_flags() -> None:
     assert not fast and "emulated" in why
     assert cpu_flags("no flags here") == set()
     assert bf16_units(torch.device("meta"))[0] is False
+
+
+def test_model_dtype_auto_trains_fp32_weights_under_bf16_autocast_only_where_the_cpu_multiplies_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from alignment import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(INTEL_AMX))
+    assert precision.training_precision("auto", CPU) == (torch.float32, True)
+    assert precision.inference_dtype("auto", CPU) == torch.bfloat16
+    assert precision.training_precision("float32", CPU) == (torch.float32, False)  # tests that compare to 1e-5
+    assert precision.inference_dtype("float32", CPU) == torch.float32
+    record = precision.precision_record("auto", CPU)
+    assert record["bf16_autocast"] is True and record["frozen_models"] == "bfloat16"
+    assert record["trained_weights"] == "float32"
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(WITHOUT))
+    assert precision.training_precision("auto", CPU) == (torch.float32, False)
+    assert precision.inference_dtype("auto", CPU) == torch.float32
+    assert precision.training_precision("bfloat16", CPU) == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="model.dtype: 'fp8'"):
+        precision.training_precision("fp8", CPU)
+
+
+def test_stages_take_their_bf16_default_from_model_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alignment import precision
+    from alignment.stages.common import device_defaults
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(AMD_AVX512_BF16))
+    assert device_defaults("auto")["bf16"] is True
+    assert device_defaults("float32")["bf16"] is False
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(WITHOUT))
+    assert device_defaults("auto")["bf16"] is False
