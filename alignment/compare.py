@@ -39,6 +39,7 @@ from alignment.config import (
 )
 from alignment.data import DataConfig
 from alignment.evaluate import Decoding, Samples, Scored
+from alignment.generation import GenerationConfig
 
 TRAINED = ("dpo", "ppo", "grpo", "rloo")
 BEST_OF_N = "best_of_n"
@@ -68,6 +69,10 @@ class CompareEvaluation:
     gold: str | None = "rule:tasks"
     decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=48, temperature=1.0))
     """Its seed is replaced by each training seed."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """The engine that samples every policy (`alignment.generation`): one vLLM engine serves them all, taking
+    each next policy's weights, where vLLM is installed (`auto`). Policies and the RM load in the pipeline's
+    `model.dtype` (`auto`: bf16 where the device has bf16 units)."""
 
 
 @dataclass
@@ -227,8 +232,8 @@ def _load_scored(path: Path) -> Scored:
 class Evaluator:
     """Evaluates policies on the comparison's prompts, caching each result beside the run it evaluates."""
 
-    def __init__(self, config: CompareConfig, base: Path, console: Any) -> None:
-        from alignment.evaluate import load_prompt_rows, load_reward
+    def __init__(self, config: CompareConfig, base: Path, console: Any, dtype: str = "float32") -> None:
+        from alignment.evaluate import PolicySampler, load_prompt_rows, load_reward
 
         evaluation = config.evaluation
         self.config = config
@@ -243,13 +248,16 @@ class Evaluator:
             raise ConfigError(
                 f"evaluation.gold {evaluation.gold}: the prompts have no `gold` field to check against"
             )
-        self.rm = load_reward(self.rm_spec)
+        self.sampler = PolicySampler(evaluation.generation, dtype)
+        self.rm = load_reward(self.rm_spec, dtype=self.sampler.dtype, device=self.sampler.device)
         self.gold = load_reward(evaluation.gold, "evaluation.gold")
         self.identity = [
             dataclasses.asdict(self.prompt_config),
             _spec_identity(self.rm_spec),
             evaluation.gold,
             artifacts.manifest_hash(base / "sft"),
+            self.sampler.backend,
+            str(self.sampler.dtype),
         ]
         self.references: dict[int, Scored] = {}
 
@@ -267,7 +275,12 @@ class Evaluator:
             return cached, _load_scored(out / "scored.json")
         with self.console.status(f"evaluating the SFT policy (seed {seed}) on {len(self.rows)} prompts"):
             metrics, records, scored = evaluate(
-                self.base / "sft", self.rows, self.decoding(seed), rm=self.rm, gold=self.gold
+                self.base / "sft",
+                self.rows,
+                self.decoding(seed),
+                rm=self.rm,
+                gold=self.gold,
+                sampler=self.sampler,
             )
         metrics["kl"] = {
             "mean": 0.0,
@@ -307,6 +320,7 @@ class Evaluator:
                 gold=self.gold,
                 reference_scored=reference,
                 best_of=best_of,
+                sampler=self.sampler,
             )
         write_results(out, self._result(key, str(policy), run.seed, best_of, metrics), records)
         return metrics
@@ -332,6 +346,10 @@ class Evaluator:
             "prompts": dataclasses.asdict(self.prompt_config),
             "n_prompts": len(self.rows),
             "decoding": dataclasses.asdict(self.decoding(seed)),
+            "engine": {
+                "backend": self.sampler.backend,
+                "dtype": str(self.sampler.dtype).removeprefix("torch."),
+            },
             "metrics": metrics,
         }
 
@@ -410,7 +428,7 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
         console.print("[red]no arm trained[/red]; nothing to evaluate.")
         _print_failures(console, failed, config_path)
         return 1
-    evaluator = Evaluator(config, base, console)
+    evaluator = Evaluator(config, base, console, pipeline.model.dtype)
     references = {seed: evaluator.reference(seed)[0] for seed in config.seeds}
     results = [
         {

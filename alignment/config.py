@@ -28,6 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from alignment.data import DataConfig
+from alignment.generation import GenerationConfig
 
 
 class ConfigError(ValueError):
@@ -63,7 +64,10 @@ class ModelConfig:
     """An embedded name (`alignment models list`), a local directory, or a hub id (needs network)."""
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """auto: bfloat16 on a GPU that supports it, float32 otherwise."""
+    """auto: bf16 where the device has bf16 units (alignment.precision): on a GPU with bf16, bf16 weights and compute;
+    on a CPU with AMX or AVX512-BF16, fp32 master weights trained under bf16 autocast, and bf16 frozen models
+    (reference, RM) and evaluation; float32 elsewhere. A named dtype is used as it is (tests that compare losses
+    to 1e-5 name float32)."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you trust the repository."""
     attn_implementation: str | None = None
@@ -99,6 +103,9 @@ class GoldEvalConfig:
     """Stages whose artifacts are evaluated (those not run by the pipeline are left out)."""
     max_new_tokens: int = 48
     batch_size: int = 16
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """The engine that samples the policies (`alignment.generation`; `auto` takes vLLM where it is installed).
+    They load in `model.dtype` (`auto`: bf16 where the device has bf16 units) on the accelerator."""
 
 
 # ------------------------------------------------------------------------------------------------ stage sections

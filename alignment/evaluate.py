@@ -92,13 +92,45 @@ def sample(
     decoding: Decoding,
     reference: Any = None,
     progress: Any = None,
+    engine: Any = None,
 ) -> Samples:
     """`decoding.samples_per_prompt` responses per chat prompt, seeded, batched by prompt length; with `reference`,
-    also each sample's log-ratio to it. The global RNG state is left as it was. `progress(n)` is called per batch."""
+    also each sample's log-ratio to it. The global RNG state is left as it was. `progress(n)` is called per batch.
+
+    `engine` (alignment.generation, holding `policy`'s weights) draws the responses instead of `policy.generate`.
+    Under `accelerate launch` every process samples its share of the (prompt, sample) pairs and all of them
+    receive every response."""
     import torch
 
     with torch.no_grad():
-        return _sample(policy, tokenizer, prompts, decoding, reference, progress)
+        return _sample(policy, tokenizer, prompts, decoding, reference, progress, engine)
+
+
+def process_state() -> Any:
+    """Accelerate's view of this process (rank, world size, device): under `accelerate launch` without CUDA the
+    processes join over gloo on the CPU (`cpu=True`; otherwise each would see a world of one)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def sharded(count: int, compute: Any) -> list[Any]:
+    """`compute(indices)` -> one result per index, over this process's share of range(count) (every
+    num_processes-th index from its rank), gathered so that every process returns all `count` results in order.
+    One process: `compute(all indices)`."""
+    state = process_state()
+    if state.num_processes == 1:
+        return compute(list(range(count)))
+    from accelerate.utils import gather_object
+
+    share = list(range(count))[state.process_index :: state.num_processes]
+    results = compute(share)
+    ordered: list[Any] = [None] * count
+    for indices, values in gather_object([(share, results)]):
+        for i, value in zip(indices, values, strict=True):
+            ordered[i] = value
+    return ordered
 
 
 def _sample(
@@ -108,11 +140,8 @@ def _sample(
     decoding: Decoding,
     reference: Any,
     progress: Any,
+    engine: Any = None,
 ) -> Samples:
-    import torch
-
-    from alignment.rl.ppo_math import response_mask
-
     if reference is not None and not decoding.temperature:
         raise EvalError(
             "KL to the reference is estimated on sampled responses; greedy decoding (temperature 0) gives none. "
@@ -121,56 +150,92 @@ def _sample(
     tokenizer.padding_side = "left"  # generation appends on the right
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     index = [i for i in range(len(texts)) for _ in range(decoding.samples_per_prompt)]
-    order = sorted(range(len(index)), key=lambda k: len(texts[index[k]]))  # less padding per batch
-    completions: list[str] = [""] * len(index)
-    response_ids: list[list[int]] = [[] for _ in index]
-    ended: list[bool] = [False] * len(index)
-    kl: list[float] = [0.0] * len(index)
+    seed = decoding.seed + process_state().process_index  # one process: the decoding's seed itself
+    rows = sharded(
+        len(index),
+        lambda share: _sample_share(
+            share, texts, index, policy, tokenizer, decoding, seed, reference, progress, engine
+        ),
+    )
+    completions, response_ids, ended, kl = (list(column) for column in zip(*rows, strict=True))
+    return Samples(index, completions, response_ids, ended, kl if reference is not None else None)
+
+
+ENGINE_CHUNK = 256
+"""Pairs per engine call: the engine schedules its own batches; the chunks only pace the progress bar."""
+
+
+def _sample_share(
+    share: list[int],
+    texts: list[str],
+    index: list[int],
+    policy: Any,
+    tokenizer: Any,
+    decoding: Decoding,
+    seed: int,
+    reference: Any,
+    progress: Any,
+    engine: Any,
+) -> list[tuple[str, list[int], bool, float]]:
+    """(completion, response ids, ended, log-ratio to the reference) of each pair k in `share`."""
+    import torch
+
+    from alignment.generation import Sampling
+    from alignment.rl.ppo_math import response_mask
+
+    order = sorted(share, key=lambda k: len(texts[index[k]]))  # less padding per batch
+    results: dict[int, tuple[str, list[int], bool, float]] = {}
     sampling = (
         {"do_sample": True, "temperature": decoding.temperature, "top_k": 0, "top_p": 1.0}
         if decoding.temperature
         else {"do_sample": False}
     )
+    width = decoding.batch_size if engine is None else max(decoding.batch_size, ENGINE_CHUNK)
     rng_state = torch.random.get_rng_state()
-    torch.manual_seed(decoding.seed)
+    torch.manual_seed(seed)
     try:
-        for start in range(0, len(order), decoding.batch_size):
-            chunk = order[start : start + decoding.batch_size]
+        for start in range(0, len(order), width):
+            chunk = order[start : start + width]
             batch = tokenizer(
                 [texts[index[k]] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(policy.device)
             query_length = batch["input_ids"].shape[1]
-            sequences = policy.generate(
-                **batch,
-                max_new_tokens=decoding.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **sampling,
-            )
-            response = sequences[:, query_length:]  # (B, T)
+            if engine is None:
+                response = policy.generate(
+                    **batch,
+                    max_new_tokens=decoding.max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **sampling,
+                )[:, query_length:]  # (B, T)
+            else:
+                call = Sampling(decoding.max_new_tokens, decoding.temperature, seed + start)
+                response = engine.generate(batch["input_ids"], batch["attention_mask"], call).response
             mask, has_eos = response_mask(response, tokenizer.eos_token_id)
             response = torch.where(mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
+            log_ratio = [0.0] * len(chunk)
             if reference is not None:
-                sequences = torch.cat([sequences[:, :query_length], response], dim=1)
+                sequences = torch.cat([batch["input_ids"], response], dim=1)
                 attention_mask = torch.cat([batch["attention_mask"], mask.long()], dim=1)
-                log_ratio = _response_logprobs(
-                    policy, sequences, attention_mask, query_length, decoding.temperature
-                ) - _response_logprobs(
-                    reference, sequences, attention_mask, query_length, decoding.temperature
-                )
-                for k, value in zip(chunk, (log_ratio * mask).sum(dim=1).tolist(), strict=True):
-                    kl[k] = value
+                log_ratio = []
+                for first in range(0, len(chunk), decoding.batch_size):
+                    rows = slice(first, first + decoding.batch_size)
+                    difference = _response_logprobs(
+                        policy, sequences[rows], attention_mask[rows], query_length, decoding.temperature
+                    ) - _response_logprobs(
+                        reference, sequences[rows], attention_mask[rows], query_length, decoding.temperature
+                    )
+                    log_ratio += (difference * mask[rows]).sum(dim=1).tolist()
             without_eos = torch.where(response == tokenizer.eos_token_id, tokenizer.pad_token_id, response)
             decoded = tokenizer.batch_decode(without_eos, skip_special_tokens=True)
             for row, k in enumerate(chunk):
-                completions[k] = decoded[row].strip()
-                response_ids[k] = response[row, : int(mask[row].sum())].tolist()
-                ended[k] = bool(has_eos[row])
+                ids = response[row, : int(mask[row].sum())].tolist()
+                results[k] = (decoded[row].strip(), ids, bool(has_eos[row]), log_ratio[row])
             if progress is not None:
                 progress(len(chunk))
     finally:
         torch.random.set_rng_state(rng_state)
-    return Samples(index, completions, response_ids, ended, kl if reference is not None else None)
+    return [results[k] for k in share]
 
 
 def generate(
@@ -310,10 +375,64 @@ def best_of_n_kl(n: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
+class PolicySampler:
+    """Loads the policies of an evaluation one after another, in `dtype` on this process's device, and samples
+    them on one generation engine (`generation.backend`): a vLLM engine is built for the first policy and takes
+    each next one's weights by `sync_weights`, so its start-up is paid once per evaluation, not per policy.
+
+    `dtype` is `model.dtype`'s name: `auto` is bf16 where the device has bf16 units (alignment.precision).
+    Backend `hf` samples with `generate` (multinomial, the global RNG seeded per process)."""
+
+    def __init__(self, generation: Any = None, dtype: str = "float32") -> None:
+        from alignment.generation import GenerationConfig, resolve_backend
+        from alignment.precision import inference_dtype
+
+        generation = generation or GenerationConfig(backend="hf")
+        self.device = process_state().device
+        self.dtype = inference_dtype(dtype, self.device)
+        if generation.dtype == "auto":  # the engine samples in the dtype the policies load in
+            generation = dataclasses.replace(generation, dtype=str(self.dtype).removeprefix("torch."))
+        self.generation = generation
+        self.backend = resolve_backend(self.generation, self.device)
+        self._engine: Any = None
+        self._shape: Any = None
+
+    def load(self, path: str | Path) -> tuple[Any, Any]:
+        """(model, tokenizer) of a policy artifact, in the sampler's dtype on its device."""
+        from alignment.models import load_artifact_for_inference
+
+        model, tokenizer = load_artifact_for_inference(path, self.dtype)
+        return model.to(self.device), tokenizer
+
+    def engine(self, model: Any, tokenizer: Any) -> Any:
+        """The engine holding `model`'s weights (None for `hf`: `sample` calls `model.generate`)."""
+        if self.backend == "hf":
+            return None
+        from alignment.generation import create_engine
+
+        config = model.config
+        shape = (type(model).__name__, config.vocab_size, config.hidden_size, config.num_hidden_layers)
+        if self._engine is None or shape != self._shape:
+            self._engine = None  # the old engine's memory goes before the new one is built
+            self._engine = create_engine(self.generation, model, tokenizer, self.device, backend=self.backend)
+            self._shape = shape
+        else:
+            self._engine.sync_weights(model)
+        return self._engine
+
+
 def _scores(reward: Any, rows: Sequence[dict[str, Any]], samples: Samples) -> list[float]:
+    """The reward of every sample; under `accelerate launch` each process scores its share."""
     prompts = [rows[i]["prompt"] for i in samples.prompt_index]
     golds = [rows[i].get("gold") for i in samples.prompt_index]
-    return reward.score(prompts, samples.completions, golds if all(golds) else None).tolist()
+
+    def score(share: list[int]) -> list[float]:
+        gold = [golds[k] for k in share] if all(golds) else None
+        return reward.score(
+            [prompts[k] for k in share], [samples.completions[k] for k in share], gold
+        ).tolist()
+
+    return sharded(len(prompts), score)
 
 
 def _select(samples: Samples, keep: list[int]) -> Samples:
@@ -361,20 +480,21 @@ def evaluate(
     reference_scored: Scored | None = None,
     best_of: int = 1,
     progress: Any = None,
+    sampler: PolicySampler | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], Scored]:
     """Metrics, per-sample records and the scored samples of `policy` on prompt `rows` (see the module docstring).
 
     `rm` and `gold` are reward_models objects (or None); `reference_scored` reuses the reference's scored samples
     (same rows and decoding) instead of generating them again. With `best_of` > 1, each response is the RM's
-    choice among `best_of` samples of the policy (needs `rm`)."""
+    choice among `best_of` samples of the policy (needs `rm`). `sampler` says on which device, in which dtype and
+    on which engine (default: fp32, `generate`)."""
     if best_of > 1 and rm is None:
         raise EvalError("best-of-n needs a reward model to rank the samples (--rm)")
-    from alignment.models import load_artifact_for_inference
-
-    model, tokenizer = load_artifact_for_inference(policy)
+    sampler = sampler or PolicySampler()
+    model, tokenizer = sampler.load(policy)
     reference_model = None
     if reference is not None:
-        reference_model, reference_tokenizer = load_artifact_for_inference(reference)
+        reference_model, reference_tokenizer = sampler.load(reference)
         if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise EvalError(
                 f"policy {policy} and reference {reference} have different tokenizers: the KL between them is "
@@ -383,7 +503,9 @@ def evaluate(
     prompts = [row["prompt"] for row in rows]
     if best_of > 1:
         wide = dataclasses.replace(decoding, samples_per_prompt=decoding.samples_per_prompt * best_of)
-        candidates = sample(model, tokenizer, prompts, wide, progress=progress)
+        candidates = sample(
+            model, tokenizer, prompts, wide, progress=progress, engine=sampler.engine(model, tokenizer)
+        )
         candidate_rm = _scores(rm, rows, candidates)
         keep = [  # per prompt and draw, the best of its `best_of` consecutive candidates
             max(range(start, start + best_of), key=lambda k: candidate_rm[k])
@@ -393,7 +515,8 @@ def evaluate(
         rm_scores: list[float] | None = [candidate_rm[k] for k in keep]
     else:
         kl_reference = reference_model if decoding.temperature else None
-        samples = sample(model, tokenizer, prompts, decoding, reference=kl_reference, progress=progress)
+        engine = sampler.engine(model, tokenizer)
+        samples = sample(model, tokenizer, prompts, decoding, kl_reference, progress, engine)
         rm_scores = _scores(rm, rows, samples) if rm is not None else None
     gold_scores = _scores(gold, rows, samples) if gold is not None else None
     metrics = _policy_metrics(samples, rm_scores, gold_scores)
@@ -404,7 +527,10 @@ def evaluate(
         metrics["kl"] = None  # greedy responses are no samples of the policy; see Decoding.temperature
     scored = Scored(samples, rm_scores, gold_scores)
     if reference_model is not None and reference_scored is None:
-        reference_samples = sample(reference_model, tokenizer, prompts, decoding, progress=progress)
+        engine = sampler.engine(reference_model, tokenizer)
+        reference_samples = sample(
+            reference_model, tokenizer, prompts, decoding, progress=progress, engine=engine
+        )
         reference_scored = Scored(
             reference_samples,
             _scores(rm, rows, reference_samples) if rm is not None else None,
@@ -415,6 +541,7 @@ def evaluate(
             "prompt_index": i,
             "prompt": rows[i]["prompt"],
             "completion": samples.completions[k],
+            "response_ids": samples.response_ids[k],
             "length": samples.lengths[k],
             "ended": samples.ended[k],
             **({"rm_score": rm_scores[k]} if rm_scores is not None else {}),
@@ -450,20 +577,22 @@ def gold_score_policy(
     temperature: float = 0.0,
     samples_per_prompt: int = 1,
     seed: int = 0,
+    sampler: PolicySampler | None = None,
 ) -> dict[str, Any]:
     """Mean gold score (reward_models.rules) of a policy artifact's answers to prompt rows with `gold`: greedy by
     default, or `samples_per_prompt` samples per prompt at `temperature` (seeded), the expected score of the
-    policy as it samples."""
-    from alignment.models import load_artifact_for_inference
+    policy as it samples. `sampler`: device, dtype and engine (default: fp32, `generate`)."""
     from reward_models.rules import score_gold
 
     if samples_per_prompt > 1 and not temperature:
         raise ValueError(
             "samples_per_prompt > 1 needs a sampling temperature (greedy answers are all the same)"
         )
-    model, tokenizer = load_artifact_for_inference(policy)
+    sampler = sampler or PolicySampler()
+    model, tokenizer = sampler.load(policy)
     decoding = Decoding(max_new_tokens, temperature, samples_per_prompt, seed, batch_size)
-    samples = sample(model, tokenizer, [row["prompt"] for row in rows], decoding)
+    prompts = [row["prompt"] for row in rows]
+    samples = sample(model, tokenizer, prompts, decoding, engine=sampler.engine(model, tokenizer))
     completions = samples.completions
     scores = [
         score_gold(rows[i]["gold"], text) for i, text in zip(samples.prompt_index, completions, strict=True)
@@ -502,6 +631,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default
         )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "hf", "vllm"],
+        help="generation engine: vllm where it is installed (auto), or transformers' generate (hf)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="the models' dtype; auto: bf16 where the device has bf16 units (AMX, AVX512-BF16, bf16 GPUs)",
+    )
+    parser.add_argument(
+        "--accelerate-config",
+        help="evaluate under `accelerate launch` with this config: each process samples and scores its share "
+        "of the prompts, the first writes the results (e.g. configs/accelerate/multi_gpu.yaml)",
+    )
     parser.add_argument("--tracking", default="auto", choices=["auto", "online", "offline", "disabled"])
     parser.add_argument("--wandb-project", default="alignment")
     parser.add_argument("--wandb-group", help="W&B group (default: none)")
@@ -519,11 +665,12 @@ def load_prompt_rows(source: str, options: Sequence[str], limit: int | None = No
     return config, rows[:limit] if limit else rows
 
 
-def load_reward(spec: str | None, option: str = "--rm") -> Any:
+def load_reward(spec: str | None, option: str = "--rm", **kwargs: Any) -> Any:
+    """A reward from its spec (None: none); `kwargs` go to a learned RM (device, dtype, batch_size)."""
     import reward_models
 
     try:
-        return reward_models.load(spec) if spec else None
+        return reward_models.load(spec, **kwargs) if spec else None
     except ValueError as error:
         raise EvalError(f"{option} {spec}: {error}") from error
 
@@ -539,24 +686,60 @@ def write_results(out: Path, result: dict[str, Any], records: list[dict[str, Any
     write_json_atomic(out / "eval.json", result)
 
 
+def _relaunch(args: argparse.Namespace) -> int:
+    """`alignment eval` again under `accelerate launch --config_file args.accelerate_config`, same options."""
+    import os
+    import subprocess
+    import sys
+
+    config = Path(args.accelerate_config)
+    if not config.is_file():
+        raise EvalError(
+            f"--accelerate-config {config}: no such file (configs/accelerate/ has the shipped ones)"
+        )
+    argv = sys.argv[1:]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    command += ["-m", "alignment.cli", *argv]
+    return subprocess.call(command, env={**os.environ, LAUNCHED_ENV: "1"})
+
+
+LAUNCHED_ENV = "ALIGNMENT_EVAL_LAUNCHED"
+
+
 def main(args: argparse.Namespace) -> int:
+    import os
+
+    from accelerate.utils import gather_object
     from rich.console import Console
     from rich.progress import Progress
 
+    from alignment.generation import GenerationConfig
     from alignment.tracking import log_results
 
-    console = Console(soft_wrap=True)
+    if args.accelerate_config and not os.environ.get(LAUNCHED_ENV):
+        return _relaunch(args)
+    state = process_state()
+    console = Console(soft_wrap=True, quiet=not state.is_main_process)
     decoding = Decoding(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Decoding)})
     data_config, rows = load_prompt_rows(args.prompts, args.prompts_option, args.limit)
     if args.gold and not all(row.get("gold") for row in rows):
         raise EvalError(
             f"--gold {args.gold}: the prompts of {args.prompts} have no `gold` field to check against"
         )
-    rm, gold = load_reward(args.rm), load_reward(args.gold, "--gold")
+    sampler = PolicySampler(GenerationConfig(backend=args.backend), args.dtype)
+    rm = load_reward(args.rm, dtype=sampler.dtype, device=sampler.device)
+    gold = load_reward(args.gold, "--gold")
     out = Path(args.out or Path("runs") / "eval" / Path(args.policy).resolve().name)
     total = len(rows) * decoding.samples_per_prompt * (args.best_of + (1 if args.reference else 0))
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"sampling {len(rows)} prompts", total=total)
+    share = f" (this process's share of {state.num_processes})" if state.num_processes > 1 else ""
+    with Progress(console=console, transient=True, disable=not state.is_main_process) as progress:
+        task = progress.add_task(f"sampling {len(rows)} prompts{share}", total=total // state.num_processes)
+        done = [0]  # responses this process drew
+
+        def advance(n: int) -> None:
+            done[0] += n
+            progress.advance(task, n)
+
         metrics, records, _ = evaluate(
             args.policy,
             rows,
@@ -565,8 +748,12 @@ def main(args: argparse.Namespace) -> int:
             rm=rm,
             gold=gold,
             best_of=args.best_of,
-            progress=lambda n: progress.advance(task, n),
+            progress=advance,
+            sampler=sampler,
         )
+    per_process = gather_object([done[0]]) if state.num_processes > 1 else done
+    if not state.is_main_process:
+        return 0
     result = {
         "policy": str(args.policy),
         "reference": args.reference,
@@ -576,6 +763,9 @@ def main(args: argparse.Namespace) -> int:
         "prompts": dataclasses.asdict(data_config),
         "n_prompts": len(rows),
         "decoding": dataclasses.asdict(decoding),
+        "engine": {"backend": sampler.backend, "dtype": str(sampler.dtype).removeprefix("torch.")},
+        "processes": state.num_processes,
+        "responses_per_process": per_process,
         "metrics": metrics,
     }
     write_results(out, result, records)

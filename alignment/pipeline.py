@@ -288,7 +288,7 @@ def _gold_eval(pipeline: PipelineConfig, console: Any) -> None:
     import hashlib
 
     from alignment.data import load_checked
-    from alignment.evaluate import gold_score_policy
+    from alignment.evaluate import PolicySampler, gold_score_policy
 
     evaluation = pipeline.evaluation
     assert evaluation is not None
@@ -301,23 +301,30 @@ def _gold_eval(pipeline: PipelineConfig, console: Any) -> None:
     cached = json.loads(path.read_text()) if path.is_file() else {}
     results: dict[str, Any] = {}
     details: dict[str, Any] = cached.get("details", {})
+    sampler: PolicySampler | None = None
     for stage in evaluation.policies:
         artifact = pipeline.stage_output_dir(stage)
         if stage not in pipeline.stages or not artifacts.is_complete(artifact):
             continue
         key = hashlib.sha256(
             json.dumps(
-                [artifacts.manifest_hash(artifact), dataclasses.asdict(evaluation)], default=str
+                [artifacts.manifest_hash(artifact), dataclasses.asdict(evaluation), pipeline.model.dtype],
+                default=str,
             ).encode()
         ).hexdigest()[:16]
         if details.get(stage, {}).get("key") == key:
             results[stage] = details[stage]["mean"]
             continue
         with console.status(f"evaluation: generating with {stage} on {len(rows)} held-out prompts"):
-            scored = gold_score_policy(artifact, rows, evaluation.max_new_tokens, evaluation.batch_size)
+            sampler = sampler or PolicySampler(evaluation.generation, pipeline.model.dtype)
+            scored = gold_score_policy(
+                artifact, rows, evaluation.max_new_tokens, evaluation.batch_size, sampler=sampler
+            )
         results[stage] = scored["mean"]
         details[stage] = {
             "key": key,
+            "backend": sampler.backend,
+            "dtype": str(sampler.dtype).removeprefix("torch."),
             "mean": scored["mean"],
             "n": scored["n"],
             "ci95_half_width": _half_width(scored["scores"]),

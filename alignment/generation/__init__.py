@@ -22,9 +22,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch loads on first use: configs that name a generation section stay light
+    import torch
 
 logger = logging.getLogger("alignment.generation")
 

