@@ -43,6 +43,8 @@ class RewardStageConfig(StageArgsMixin, RewardConfig):
     """Statistics saved with the RM: its scores on the training prompts' chosen responses, or on completions
     sampled from the initial (SFT) policy, or none."""
     normalization_samples: int = 256
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """The engine that samples the initial policy for `normalization: policy_samples` (`alignment.generation`)."""
     diagnostics_batch_size: int = 16
     use_margin: bool = False
     """Pass each pair's `margin` field to the loss (Llama 2's margin term)."""

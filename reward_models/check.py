@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from reward_models.diagnostics import Diagnostics, diagnose, to_markdown
 from reward_models.learned import NORMALIZATION_FILE, LearnedRewardModel, normalization_stats
 
@@ -51,32 +49,22 @@ def score_pairs(rm: LearnedRewardModel, rows: Sequence[dict[str, Any]]) -> Diagn
 
 
 def policy_samples(
-    policy_path: str | Path, prompts: Sequence[Any], max_new_tokens: int = 64, seed: int = 0
+    policy_path: str | Path,
+    prompts: Sequence[Any],
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    backend: str = "hf",
+    dtype: str = "float32",
 ) -> list[str]:
-    """Completions sampled (temperature 1) from a policy artifact, for normalisation on the policy's own outputs."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Completions sampled (temperature 1, seeded) from a policy artifact, for normalisation on the policy's own
+    outputs: through the generation engine (`backend`: hf, vllm or auto), the policy in `dtype` on the device."""
+    from alignment.evaluate import Decoding, PolicySampler, sample
+    from alignment.generation import GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(policy_path, use_safetensors=True).eval()
-    torch.manual_seed(seed)
-    out: list[str] = []
-    for start in range(0, len(prompts), 16):
-        chunk = prompts[start : start + 16]
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            generated = model.generate(
-                **batch,
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        out += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return out
+    sampler = PolicySampler(GenerationConfig(backend=backend), dtype)  # type: ignore[arg-type]
+    model, tokenizer = sampler.load(policy_path)
+    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=1.0, samples_per_prompt=1, seed=seed)
+    return sample(model, tokenizer, prompts, decoding, engine=sampler.engine(model, tokenizer)).completions
 
 
 def compute_normalization(
@@ -86,6 +74,8 @@ def compute_normalization(
     samples: int,
     policy_path: str | Path | None = None,
     seed: int = 0,
+    backend: str = "hf",
+    dtype: str = "float32",
 ) -> dict[str, Any] | None:
     if mode == "none":
         return None
@@ -97,7 +87,7 @@ def compute_normalization(
     elif mode == "policy_samples":
         if policy_path is None:
             raise ValueError("normalization=policy_samples needs the initial policy artifact")
-        completions = policy_samples(policy_path, prompts, seed=seed)
+        completions = policy_samples(policy_path, prompts, seed=seed, backend=backend, dtype=dtype)
         source = f"samples of {policy_path} on {len(subset)} training prompts"
     else:
         raise ValueError(f"unknown normalization mode {mode!r}; use chosen, policy_samples or none")
@@ -137,6 +127,14 @@ def check_good_enough(
     return report
 
 
+def _trained_dtype(rm_path: Path) -> str:
+    """The `model.dtype` an RM artifact's stage ran with (MANIFEST.json's precision record), else float32."""
+    manifest = rm_path / "MANIFEST.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("precision", {}).get("model_dtype", "float32")
+    return "float32"
+
+
 def main(argv: list[str] | None = None) -> int:
     from alignment.data import DataConfig, load_checked
 
@@ -152,11 +150,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normalization-samples", type=int, default=256)
     parser.add_argument("--policy", help="initial policy artifact, for --normalization policy_samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "hf", "vllm"],
+        default="auto",
+        help="generation engine for --normalization policy_samples: vllm where installed (auto), or hf",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="the RM's and the policy's dtype (auto: bf16 where the device has bf16 units); default: the "
+        "model.dtype the RM artifact was trained with (its MANIFEST.json), so its stored diagnostics reproduce",
+    )
     parser.add_argument("--name", help="how the report names the RM (default: --rm)")
     args = parser.parse_args(argv)
     name = args.name or args.rm
 
-    rm = LearnedRewardModel(args.rm, batch_size=args.batch_size)
+    from alignment.precision import inference_dtype
+
+    if args.dtype is None:
+        args.dtype = _trained_dtype(Path(args.rm))
+    rm = LearnedRewardModel(args.rm, batch_size=args.batch_size, dtype=inference_dtype(args.dtype))
     rows = load_checked(
         DataConfig(source=args.data, format=args.format, max_rows=args.max_rows), "preference"
     ).rows
@@ -168,7 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             source = args.normalization_data or args.data
             norm_rows = load_checked(DataConfig(source=source, format=args.format), "preference").rows
             stats = compute_normalization(
-                rm, norm_rows, args.normalization, args.normalization_samples, args.policy, args.seed
+                rm,
+                norm_rows,
+                args.normalization,
+                args.normalization_samples,
+                args.policy,
+                args.seed,
+                args.backend,
+                args.dtype,
             )
             (out / NORMALIZATION_FILE).write_text(json.dumps(stats, indent=2) + "\n")
     print(to_markdown(report, f"Reward model diagnostics: {name}"), end="")

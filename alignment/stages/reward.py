@@ -155,6 +155,10 @@ def _diagnose_in_fresh_process(run: StageRun, args: Any, init_path: str) -> None
         init_path,
         "--seed",
         str(args.seed),
+        "--backend",
+        args.generation.backend,
+        "--dtype",
+        run.pipeline.model.dtype,  # the RM as policy stages load it: its statistics fit its scores there
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

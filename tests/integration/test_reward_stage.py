@@ -54,6 +54,26 @@ def test_reward_artifact_has_rm_normalisation_and_diagnostics(sft_then_reward: t
     assert normalised.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-3)
 
 
+def test_policy_samples_normalisation_scores_the_policys_own_seeded_samples(
+    sft_then_reward: tuple[Path, Path],
+) -> None:
+    from reward_models.check import compute_normalization, policy_samples
+
+    tmp, _ = sft_then_reward
+    rm = LearnedRewardModel(tmp / "run" / "reward")
+    rows = [json.loads(line) for line in (tmp / "run" / ".work" / "reward" / "data" / "train.jsonl").open()]
+    policy = tmp / "run" / "sft"
+    stats = compute_normalization(rm, rows, "policy_samples", 8, policy_path=policy, seed=3)
+    assert stats is not None and stats["n"] == 8 and str(policy) in stats["source"]
+    prompts = [row["prompt"] for row in rows[:8]]
+    completions = policy_samples(policy, prompts, seed=3)  # the same seed draws the same samples
+    assert len(completions) == 8 and completions == policy_samples(policy, prompts, seed=3)
+    assert completions != policy_samples(policy, prompts, seed=4)
+    raw = rm.raw_score(prompts, completions)
+    assert raw.mean().item() == pytest.approx(stats["mean"], abs=1e-5)
+    assert raw.std(unbiased=False).item() == pytest.approx(stats["std"], rel=1e-3)
+
+
 def test_the_rm_head_was_trained(sft_then_reward: tuple[Path, Path]) -> None:
     from safetensors.torch import load_file
 

@@ -30,7 +30,8 @@ def test_model_dtype_auto_trains_fp32_weights_under_bf16_autocast_only_where_the
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(INTEL_AMX))
     assert precision.training_precision("auto", CPU) == (torch.float32, True)
     assert precision.inference_dtype("auto", CPU) == torch.bfloat16
-    assert precision.training_precision("float32", CPU) == (torch.float32, False)  # tests that compare to 1e-5
+    # a named float32 (the tests that compare losses to 1e-5) stays fp32 without autocast
+    assert precision.training_precision("float32", CPU) == (torch.float32, False)
     assert precision.inference_dtype("float32", CPU) == torch.float32
     record = precision.precision_record("auto", CPU)
     assert record["bf16_autocast"] is True and record["frozen_models"] == "bfloat16"
