@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alignment.finite import json_safe
+
 MANIFEST = "MANIFEST.json"
 CHECKPOINT_MARKER = "COMPLETE"
 MANIFEST_VERSION = 1
@@ -65,7 +67,7 @@ def staging_dir(final: str | Path) -> Path:
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=str)
+        json.dump(json_safe(data), handle, indent=2, sort_keys=True, default=str, allow_nan=False)
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())

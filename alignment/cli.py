@@ -174,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         from alignment.config import ConfigError
         from alignment.data import DataError
         from alignment.evaluate import EvalError
+        from alignment.finite import NonFiniteError
         from alignment.generation import GenerationError
 
-        if isinstance(error, (ConfigError, DataError, ArtifactError, EvalError, GenerationError)):
+        if isinstance(
+            error, (ConfigError, DataError, ArtifactError, EvalError, GenerationError, NonFiniteError)
+        ):
             print(f"error: {error}", file=sys.stderr)
             return 2
         raise

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignment.finite import json_safe, require_finite
 from reward_models.diagnostics import Diagnostics, diagnose, to_markdown
 from reward_models.learned import NORMALIZATION_FILE, LearnedRewardModel, normalization_stats
 
@@ -96,7 +97,9 @@ def compute_normalization(
 
 def write_reports(out: Path, report: Diagnostics, title: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / DIAGNOSTICS_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (out / DIAGNOSTICS_JSON).write_text(
+        json.dumps(json_safe(report.to_dict()), indent=2, allow_nan=False) + "\n"
+    )
     (out / DIAGNOSTICS_MD).write_text(to_markdown(report, title))
 
 
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         DataConfig(source=args.data, format=args.format, max_rows=args.max_rows), "preference"
     ).rows
     report = score_pairs(rm, rows)
+    require_finite(f"held-out diagnostics of {name}", report.to_dict(), ("accuracy",))
     if args.out:
         out = Path(args.out)
         write_reports(out, report, f"Reward model diagnostics: {name} on {args.data}")
@@ -191,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.backend,
                 args.dtype,
             )
-            (out / NORMALIZATION_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+            if stats is not None:
+                require_finite(f"normalisation statistics of {name}", stats, ("mean", "std"))
+            (out / NORMALIZATION_FILE).write_text(json.dumps(stats, indent=2, allow_nan=False) + "\n")
     print(to_markdown(report, f"Reward model diagnostics: {name}"), end="")
     return 0
 

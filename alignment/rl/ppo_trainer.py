@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from alignment import artifacts
+from alignment.finite import NonFiniteError, failure_message, non_finite
 from alignment.generation import GenerationConfig, Sampling, create_engine, resolve_backend
 from alignment.rl import ppo_math as pm
 from alignment.rl.packing import PackedRows, pack_rows, use_segment_attention
@@ -885,7 +886,8 @@ class PPOTrainer:
                     loss = pg.loss + args.vf_coef * vf_loss
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and args.max_grad_norm and not self.deepspeed:
-                        self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                 if self.accelerator.sync_gradients:
@@ -958,6 +960,18 @@ class PPOTrainer:
                     "step": iteration + 1,
                 }
             )
+            bad = non_finite(stats, PPO_WATCHED)
+            if bad:  # before anything of this iteration is logged as good or saved
+                raise NonFiniteError(
+                    failure_message(
+                        "ppo",
+                        iteration + 1,
+                        bad,
+                        iteration,
+                        Path(args.output_dir),
+                        self.accelerator.is_main_process,
+                    )
+                )
             self.state.iteration = iteration + 1
             self.state.log_history.append(stats)
             if self.accelerator.is_main_process:
@@ -1100,6 +1114,9 @@ class PPOTrainer:
             self.tokenizer.save_pretrained(output_dir)
         self.accelerator.wait_for_everyone()
 
+
+PPO_WATCHED = ("loss/total", "loss/policy", "loss/value", "grad_norm", "objective/kl", "reward/score")
+"""Per-iteration values that stop the run when NaN or infinite (alignment.finite)."""
 
 _SHOWN = (
     "reward/score",

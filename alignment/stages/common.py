@@ -28,6 +28,7 @@ from alignment.config import (
     stage_args,
 )
 from alignment.data import DataConfig, DataError, load_checked, split_train_eval, write_jsonl
+from alignment.finite import guard_callback, json_safe
 from alignment.models import load_tokenizer, resolve_model_path
 from alignment.precision import precision_record, training_precision
 from alignment.tracking import StageTracker, report_to
@@ -258,6 +259,7 @@ def device_defaults(dtype: str = "auto") -> dict[str, Any]:
         "use_cpu": not torch.cuda.is_available(),
         "bf16": training_precision(dtype)[1],
         "save_only_model": False,
+        "logging_nan_inf_filter": False,  # a NaN loss is logged as NaN (alignment.finite stops the stage on it)
     }
 
 
@@ -358,6 +360,12 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
 
 
+def stage_callbacks(run: StageRun) -> list[Any]:
+    """What every TRL stage's trainer gets: COMPLETE markers on checkpoints, and a stop at the first non-finite
+    loss or gradient norm (alignment.finite)."""
+    return [checkpoint_callback(run), guard_callback(run.stage, run.work_dir, run.is_main)]
+
+
 def checkpoint_callback(run: StageRun) -> Any:
     """Marks each checkpoint COMPLETE after every rank wrote it; optional fault injection for tests."""
     from transformers import TrainerCallback
@@ -445,7 +453,7 @@ def merge_adapter(model: Any, directory: Path) -> None:
 
 
 def write_log_history(path: Path, log_history: list[dict[str, Any]]) -> None:
-    path.write_text(json.dumps(log_history, indent=1) + "\n")
+    path.write_text(json.dumps(json_safe(log_history), indent=1, allow_nan=False) + "\n")
 
 
 def report_done(run: StageRun, path: Path, metrics: dict[str, Any]) -> None:

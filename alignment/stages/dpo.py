@@ -28,10 +28,10 @@ from alignment.lm_head import use_dense_lm_heads
 from alignment.models import apply_freeze, count_parameters, load_causal_lm, peft_config_for
 from alignment.stages.common import (
     StageRun,
-    checkpoint_callback,
     execute,
     resolve_reference,
     save_policy_weights,
+    stage_callbacks,
     stage_main,
     start_from_init,
 )
@@ -73,7 +73,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         eval_dataset=Dataset.from_list(_columns(eval_rows)) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[checkpoint_callback(run)],
+        callbacks=stage_callbacks(run),
     )
     use_dense_lm_heads(trainer, STAGE)  # on CPU: TRL's tiled LM-head fallback is about 2x slower
     trainable, total = count_parameters(trainer.model)

@@ -20,9 +20,9 @@ from alignment.config import ConfigError, PipelineConfig
 from alignment.models import apply_freeze, count_parameters, load_causal_lm, peft_config_for
 from alignment.stages.common import (
     StageRun,
-    checkpoint_callback,
     execute,
     save_policy_weights,
+    stage_callbacks,
     stage_main,
     start_from_init,
 )
@@ -68,7 +68,7 @@ def builder(stage: str, trainer_class_name: str) -> Any:
             eval_dataset=Dataset.from_list(rows_for_trl(eval_rows)) if eval_rows else None,
             processing_class=tokenizer,
             peft_config=peft_config_for(model_cfg.tuning),
-            callbacks=[checkpoint_callback(run)],
+            callbacks=stage_callbacks(run),
         )
         holder["trainer"] = trainer
         if (

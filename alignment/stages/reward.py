@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.config import ConfigError, PipelineConfig
+from alignment.finite import require_finite
 from alignment.models import (
     apply_freeze,
     count_parameters,
@@ -33,12 +34,13 @@ from alignment.models import (
 )
 from alignment.stages.common import (
     StageRun,
-    checkpoint_callback,
     execute,
     merge_adapter,
+    stage_callbacks,
     stage_main,
     start_from_init,
 )
+from reward_models.learned import NORMALIZATION_FILE
 
 logger = logging.getLogger("alignment.reward")
 
@@ -107,7 +109,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         eval_dataset=Dataset.from_list(_columns(eval_rows, False)) if args.eval_strategy != "no" else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[checkpoint_callback(run)],
+        callbacks=stage_callbacks(run),
     )
     trainable, total = count_parameters(trainer.model)
     logger.info(
@@ -171,6 +173,11 @@ def _finish(trainer: Any, run: StageRun, metrics: dict[str, Any]) -> tuple[str, 
     if run.is_main:
         _diagnose_in_fresh_process(run, trainer.args, run.init_path)  # type: ignore[attr-defined]
         diagnostics = json.loads((run.staging / "diagnostics.json").read_text())
+        require_finite(f"[reward] {run.output_dir}: held-out diagnostics", diagnostics, ("accuracy",))
+        normalization = run.staging / NORMALIZATION_FILE
+        if normalization.is_file():
+            stats = json.loads(normalization.read_text())
+            require_finite(f"[reward] {run.output_dir}: normalisation statistics", stats, ("mean", "std"))
         metrics["heldout_accuracy"] = diagnostics["accuracy"]
         metrics["heldout_accuracy_ci95_low"] = diagnostics["accuracy_ci95"][0]
         metrics["heldout_accuracy_ci95_high"] = diagnostics["accuracy_ci95"][1]

@@ -36,9 +36,9 @@ from alignment.models import (
 from alignment.stages.common import (
     StageRun,
     check_tuning,
-    checkpoint_callback,
     execute,
     save_policy_weights,
+    stage_callbacks,
     stage_main,
 )
 
@@ -117,7 +117,7 @@ def build(pipeline: PipelineConfig, run: StageRun) -> tuple[Any, str | None]:
         eval_dataset=Dataset.from_list(_columns(eval_rows)) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[checkpoint_callback(run)],
+        callbacks=stage_callbacks(run),
     )
     use_dense_lm_heads(trainer, STAGE)  # on CPU: TRL's tiled LM-head fallback is about 2x slower
     trainable, total = count_parameters(trainer.model)
