@@ -31,7 +31,7 @@ from alignment.service.settings import ServiceConfig
 from alignment.service.store import current_revision, datasets, open_store, pairs, writing
 
 logger = logging.getLogger("alignment.service")
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: `$` would let a final newline in
 
 
 class ServiceError(Exception):
@@ -126,7 +126,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.put("/v1/datasets/{name}", tags=["datasets"], status_code=201)
     def create_dataset(name: str, principal: Principal = require("admin")) -> Any:
-        if not DATASET_NAME.match(name):
+        if not DATASET_NAME.fullmatch(name):
             raise ServiceError(
                 422, "bad_name", "a dataset name is 1-64 of letters, digits, _ . - (first alnum)"
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 import unicodedata
@@ -35,6 +36,7 @@ SERVICE_REASONS: dict[str, str] = {
     "unknown_field": "a pair may hold only prompt, chosen, rejected and metadata",
     "bad_metadata": "metadata must be an object of annotator, source, margin, score, tags, extra",
     "invalid_text": "text holds a lone UTF-16 surrogate (an escape in \\ud800-\\udfff), which is not Unicode",
+    "non_finite_metadata": "metadata.margin and metadata.score must be finite numbers, not NaN or Infinity",
 }
 ROW_FIELDS = ("prompt", "chosen", "rejected", "metadata")
 METADATA_TYPES: dict[str, tuple[type, ...]] = {
@@ -72,20 +74,22 @@ def content_hash(row: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
 
 
-def _check_metadata(metadata: Any) -> str | None:
-    """A description of what is wrong with `metadata`, or None."""
+def _check_metadata(metadata: Any) -> tuple[str, str] | None:
+    """(reason code, what is wrong) with `metadata`, or None."""
     if not isinstance(metadata, dict):
-        return f"metadata should be an object, got {type(metadata).__name__}"
+        return "bad_metadata", f"metadata should be an object, got {type(metadata).__name__}"
     for key, value in metadata.items():
         if key not in METADATA_TYPES:
-            return f"unknown metadata key {key!r}; allowed: {', '.join(METADATA_TYPES)}"
+            return "bad_metadata", f"unknown metadata key {key!r}; allowed: {', '.join(METADATA_TYPES)}"
         if value is None:
             continue
         expected = METADATA_TYPES[key]
         if not isinstance(value, expected) or isinstance(value, bool):
-            return f"metadata.{key} should be {' or '.join(t.__name__ for t in expected)}"
+            return "bad_metadata", f"metadata.{key} should be {' or '.join(t.__name__ for t in expected)}"
+        if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN / Infinity extensions
+            return "non_finite_metadata", f"metadata.{key} is {value}; it would reach the RM loss as such"
         if key == "tags" and not all(isinstance(tag, str) for tag in value):
-            return "metadata.tags should be a list of strings"
+            return "bad_metadata", "metadata.tags should be a list of strings"
     return None
 
 
@@ -101,7 +105,7 @@ def check_row(index: int, item: Any) -> Checked:
     metadata = item.get("metadata") or {}
     problem = _check_metadata(metadata)
     if problem:
-        return Checked(index, reason="bad_metadata", detail=problem)
+        return Checked(index, reason=problem[0], detail=problem[1])
     try:
         (row,) = convert_preference(
             {k: item[k] for k in ("prompt", "chosen", "rejected") if k in item}, "preference"

@@ -147,9 +147,17 @@ def test_bad_requests_get_their_status_and_message(server: ServerProcess) -> Non
         }
         huge = client.post(url, json={"pairs": [{**pair(0), "chosen": "x" * 250_000}]})
         assert huge.status_code == 413 and huge.json()["limit"] == 200_000
+        for number in ("NaN", "Infinity", "-Infinity"):  # Python's JSON parser takes these extensions
+            body = '{"pairs": [{"prompt": "p", "chosen": "a", "rejected": "b", "metadata": {"margin": %s}}]}'
+            non_finite = client.post(url, content=(body % number).encode(), headers=json_headers)
+            result = non_finite.json()["results"][0]
+            assert non_finite.status_code == 200 and result["reason"] == "non_finite_metadata", number
+            assert "metadata.margin" in result["detail"]
         assert client.get(f"/v1/datasets/{name}").json()["accepted"] == 1
     with server.client("admin") as admin:
         assert admin.put("/v1/datasets/bad name!").status_code == 422
+        trailing_newline = admin.put("/v1/datasets/name%0A")  # `re.match` with `$` let it through
+        assert trailing_newline.status_code == 422 and trailing_newline.json()["error"] == "bad_name"
         assert admin.get("/v1/rounds/999999").status_code == 404
 
 
