@@ -93,6 +93,16 @@ def _kill_leftover(previous_job: str | None) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- slurm
+SBATCH_EXPORTS = frozenset(
+    {
+        "ALIGNMENT_HOME", "ALIGNMENT_RUN_ID", "ALIGNMENT_PYTHON", "ALIGNMENT_REPO", "ALIGNMENT_SERVICE_SNAPSHOTS",
+        "ALIGNMENT_DATA_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR", "WANDB_SILENT",
+        "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_DATASETS_OFFLINE",
+    }
+)  # fmt: skip
+"""The variables a round's sbatch script exports in clear: none is a secret. Everything else the job needs (e.g.
+WANDB_API_KEY, HF_TOKEN, the service's database URL) reaches it from the submitting worker's environment through
+sbatch's --export=ALL, never through a file."""
 SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
@@ -124,15 +134,21 @@ class SlurmExecutor:
         self.config, self.env, self.runner, self.poll = config, env, runner, poll
 
     def script(self, round_yaml: Path, log_dir: Path, job_name: str) -> Path:
+        """`round.sbatch` (mode 0600) exporting only the `SBATCH_EXPORTS` variables: no secret is written."""
         template = Path(self.config.slurm_template).read_text()
-        passed = {k: v for k, v in self.env.items() if k.startswith(("ALIGNMENT_", "WANDB_", "HF_"))}
+        passed = {k: v for k, v in self.env.items() if k in SBATCH_EXPORTS}
         text = render_sbatch(template, round_yaml, log_dir, job_name, self.config.slurm_options, passed)
         path = log_dir / "round.sbatch"
-        path.write_text(text)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # an older script of the round may have had wider permissions
+            handle.write(text)
         return path
 
     def submit(self, script: Path) -> str:
-        result = self.runner(["sbatch", "--parsable", str(script)])
+        # --export=ALL (also sbatch's default): the job inherits this worker's environment, secrets included,
+        # through Slurm rather than through any file.
+        result = self.runner(["sbatch", "--parsable", "--export=ALL", str(script)])
         if result.returncode != 0:
             raise RuntimeError(f"sbatch {script} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout.strip().split(";")[0]  # "<job id>[;<cluster>]"

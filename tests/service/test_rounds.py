@@ -204,13 +204,24 @@ def test_slurm_executor_writes_the_sbatch_script_and_follows_the_job(tmp_path: P
     round_dir = tmp_path / "round-1"
     round_dir.mkdir()
     slurm = RecordingSlurm(["PENDING", "RUNNING"])
-    executor = SlurmExecutor(config.rounds, {"ALIGNMENT_HOME": "/h", "PATH": "/x"}, runner=slurm, poll=0)
+    secrets = {
+        "WANDB_API_KEY": "wandb-secret-4f1c",
+        "HF_TOKEN": "hf_secret_9a7e",
+        "ALIGNMENT_SERVICE_DB": "postgresql://alignment:db-secret-77@db.internal/alignment",
+        "ALIGNMENT_SERVICE_TOKEN": "token-secret-31",
+    }
+    env = {"ALIGNMENT_HOME": "/h", "PATH": "/x", **secrets}
+    executor = SlurmExecutor(config.rounds, env, runner=slurm, poll=0)
     jobs: list[str] = []
     code = executor.run(round_dir / "round.yaml", round_dir / "round.log", None, jobs.append, lambda: True)
     assert code == 0 and jobs == ["slurm:4242"]
     script = round_dir / "round.sbatch"
+    assert script.stat().st_mode & 0o777 == 0o600
+    for path in round_dir.rglob("*"):  # no secret in any file the round wrote (the job inherits them)
+        text = path.read_text()
+        assert not [name for name, value in secrets.items() if value in text], path
     assert slurm.commands == [
-        ["sbatch", "--parsable", str(script)],
+        ["sbatch", "--parsable", "--export=ALL", str(script)],
         ["squeue", "--noheader", "--jobs", "4242", "--format=%T"],
         ["squeue", "--noheader", "--jobs", "4242", "--format=%T"],
         ["squeue", "--noheader", "--jobs", "4242", "--format=%T"],
@@ -222,7 +233,7 @@ def test_slurm_executor_writes_the_sbatch_script_and_follows_the_job(tmp_path: P
                  "export ALIGNMENT_HOME=/h", f"export ROUND_CONFIG={round_dir / 'round.yaml'}",
                  '-m alignment.cli run "$ROUND_CONFIG"'):  # fmt: skip
         assert line in text
-    assert "export PATH" not in text  # only ALIGNMENT_* / WANDB_* / HF_* travel
+    assert "export PATH" not in text  # only the allow-list of non-secret variables is written
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     assert "Slurm job 4242" in (round_dir / "round.log").read_text()
 
