@@ -255,13 +255,25 @@ def load_causal_lm(
     in the inference dtype, bf16 where the device has bf16 units under `model.dtype: auto`)."""
     from transformers import AutoModelForCausalLM
 
-    from alignment.precision import inference_dtype
+    from alignment.precision import adapter_base_dtype, inference_dtype
 
     path = path or resolve_model_path(model_cfg.name_or_path)
+    if frozen:
+        dtype = inference_dtype(model_cfg.dtype)
+    else:  # a LoRA base is frozen: bf16 under `auto` on a bf16 CPU (alignment.precision.adapter_base_dtype)
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        # ZeRO-3 gathers parameters in buffers of one dtype: a bf16 base beside fp32 adapters breaks it
+        base = (
+            None
+            if is_deepspeed_zero3_enabled()
+            else adapter_base_dtype(model_cfg.dtype, model_cfg.tuning.method)
+        )
+        dtype = base or torch_dtype(model_cfg.dtype)
     kwargs: dict[str, Any] = {
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
-        "dtype": inference_dtype(model_cfg.dtype) if frozen else torch_dtype(model_cfg.dtype),
+        "dtype": dtype,
         "use_safetensors": True,
     }
     if model_cfg.attn_implementation:

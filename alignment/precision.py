@@ -89,13 +89,30 @@ def inference_dtype(name: str, device: torch.device | None = None) -> torch.dtyp
     return DTYPES[name]
 
 
-def precision_record(name: str, device: torch.device | None = None) -> dict[str, object]:
-    """What `model.dtype: name` resolves to on `device`, for manifests and benchmark records."""
+def adapter_base_dtype(name: str, method: str, device: torch.device | None = None) -> torch.dtype | None:
+    """The dtype of the frozen base under a LoRA adapter, where it differs from the trained weights' dtype: with
+    `auto` on a CPU with bf16 units the base loads in bf16 (autocast would otherwise cast every frozen fp32 weight
+    again at every op: most of a small model's step) while PEFT keeps the adapter's weights in fp32. None
+    elsewhere."""
     device = device or default_device()
     weights, autocast = training_precision(name, device)
+    if method == "lora" and name == "auto" and autocast and weights == torch.float32:
+        return torch.bfloat16
+    return None
+
+
+def precision_record(
+    name: str, device: torch.device | None = None, method: str = "full"
+) -> dict[str, object]:
+    """What `model.dtype: name` resolves to on `device` for a causal LM tuned by `method`, for manifests and
+    benchmark records."""
+    device = device or default_device()
+    weights, autocast = training_precision(name, device)
+    base = adapter_base_dtype(name, method, device)
+    trained = str(weights).removeprefix("torch.")
     return {
         "model_dtype": name,
-        "trained_weights": str(weights).removeprefix("torch."),
+        "trained_weights": trained if base is None else f"{trained} (LoRA adapters; base bfloat16, frozen)",
         "bf16_autocast": autocast,
         "frozen_models": str(inference_dtype(name, device)).removeprefix("torch."),
         "device": bf16_units(device)[1],

@@ -231,7 +231,12 @@ class StageRun:
                 "wandb_run_id": self.tracker.run_id,
                 "wandb_group": self.tracker.run.group if self.tracker.run is not None else None,
                 "world_size": self.state.num_processes,
-                "precision": precision_record(self.pipeline.model.dtype, self.state.device),
+                "precision": precision_record(
+                    self.pipeline.model.dtype,
+                    self.state.device,
+                    # the reward stage loads its own (sequence-classification) model in the trained dtype
+                    "full" if self.stage == "reward" else self.pipeline.model.tuning.method,
+                ),
                 "wall_time_s": round(time.time() - self.started, 2),
                 "metrics": metrics,
             }

@@ -54,3 +54,15 @@ def test_stages_take_their_bf16_default_from_model_dtype(monkeypatch: pytest.Mon
     assert device_defaults("float32")["bf16"] is False
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(WITHOUT))
     assert device_defaults("auto")["bf16"] is False
+
+
+def test_a_lora_base_is_frozen_in_bf16_only_under_auto_on_a_bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alignment import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(INTEL_AMX))
+    assert precision.adapter_base_dtype("auto", "lora", CPU) == torch.bfloat16
+    assert precision.adapter_base_dtype("auto", "full", CPU) is None  # fp32 master weights train
+    assert precision.adapter_base_dtype("float32", "lora", CPU) is None
+    assert "base bfloat16, frozen" in str(precision.precision_record("auto", CPU, "lora")["trained_weights"])
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: cpu_flags(WITHOUT))
+    assert precision.adapter_base_dtype("auto", "lora", CPU) is None
