@@ -116,6 +116,10 @@ class VLLMEngine:
             "logprobs_mode": "processed_logprobs",
             "max_model_len": max_model_len or getattr(base.config, "max_position_embeddings", 2048),
         }
+        # No prompt's prefill is split across steps: with per-request seeds, vLLM then rewinds each request's
+        # random generator, which CPU generators do not support ("CPU Generator does not use offset").
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(kwargs["max_model_len"], 8192)
         if device.type == "cuda":
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = True

