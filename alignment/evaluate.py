@@ -697,8 +697,18 @@ def _relaunch(args: argparse.Namespace) -> int:
         raise EvalError(
             f"--accelerate-config {config}: no such file (configs/accelerate/ has the shipped ones)"
         )
+    import socket
+
+    import yaml
+
     argv = sys.argv[1:]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    settings = yaml.safe_load(config.read_text()) or {}
+    if int(settings.get("num_machines", 1)) == 1 and "main_process_port" not in settings:
+        # one machine: a free port, not accelerate's fixed 29500 (another launch may still hold it)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            command += ["--main_process_port", str(probe.getsockname()[1])]
     command += ["-m", "alignment.cli", *argv]
     return subprocess.call(command, env={**os.environ, LAUNCHED_ENV: "1"})
 
