@@ -763,6 +763,7 @@ def main(args: argparse.Namespace) -> int:
         )
     per_process = gather_object([done[0]]) if state.num_processes > 1 else done
     if not state.is_main_process:
+        state.wait_for_everyone()  # every process leaves together, after the first has written the results
         return 0
     result = {
         "policy": str(args.policy),
@@ -792,6 +793,7 @@ def main(args: argparse.Namespace) -> int:
     )
     console.print(metrics_table(f"{args.policy} on {len(rows)} prompts", metrics))
     console.print(f"wrote {out / 'eval.json'} and {out / 'samples.jsonl'}")
+    state.wait_for_everyone()
     return 0
 
 
