@@ -136,22 +136,21 @@ def mark_checkpoint_complete(checkpoint: str | Path) -> None:
     (Path(checkpoint) / CHECKPOINT_MARKER).write_text(f"{time.time()}\n")
 
 
+def complete_checkpoints(work_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every `checkpoint-<N>` holding the COMPLETE marker, by step."""
+    work_dir = Path(work_dir)
+    found = []
+    for child in work_dir.glob("checkpoint-*") if work_dir.is_dir() else ():
+        step = child.name.split("-", 1)[1]
+        if step.isdigit() and (child / CHECKPOINT_MARKER).is_file():
+            found.append((int(step), child))
+    return sorted(found)
+
+
 def latest_complete_checkpoint(work_dir: str | Path) -> Path | None:
     """Highest-step `checkpoint-<N>` holding the COMPLETE marker, or None."""
-    work_dir = Path(work_dir)
-    if not work_dir.is_dir():
-        return None
-    best: tuple[int, Path] | None = None
-    for child in work_dir.iterdir():
-        if not child.name.startswith("checkpoint-") or not (child / CHECKPOINT_MARKER).is_file():
-            continue
-        try:
-            step = int(child.name.split("-", 1)[1])
-        except ValueError:
-            continue
-        if best is None or step > best[0]:
-            best = (step, child)
-    return best[1] if best else None
+    found = complete_checkpoints(work_dir)
+    return found[-1][1] if found else None
 
 
 def code_version() -> str:

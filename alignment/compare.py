@@ -346,10 +346,7 @@ class Evaluator:
             "prompts": dataclasses.asdict(self.prompt_config),
             "n_prompts": len(self.rows),
             "decoding": dataclasses.asdict(self.decoding(seed)),
-            "engine": {
-                "backend": self.sampler.backend,
-                "dtype": str(self.sampler.dtype).removeprefix("torch."),
-            },
+            "engine": self.sampler.record,
             "metrics": metrics,
         }
 

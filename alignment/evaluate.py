@@ -385,17 +385,24 @@ class PolicySampler:
 
     def __init__(self, generation: Any = None, dtype: str = "float32") -> None:
         from alignment.generation import GenerationConfig, resolve_backend
-        from alignment.precision import inference_dtype
+        from alignment.precision import dtype_name, inference_dtype
 
         generation = generation or GenerationConfig(backend="hf")
         self.device = process_state().device
         self.dtype = inference_dtype(dtype, self.device)
         if generation.dtype == "auto":  # the engine samples in the dtype the policies load in
-            generation = dataclasses.replace(generation, dtype=str(self.dtype).removeprefix("torch."))
+            generation = dataclasses.replace(generation, dtype=dtype_name(self.dtype))
         self.generation = generation
         self.backend = resolve_backend(self.generation, self.device)
         self._engine: Any = None
         self._shape: Any = None
+
+    @property
+    def record(self) -> dict[str, str]:
+        """What evaluation results record of the sampler: its backend and dtype."""
+        from alignment.precision import dtype_name
+
+        return {"backend": self.backend, "dtype": dtype_name(self.dtype)}
 
     def load(self, path: str | Path) -> tuple[Any, Any]:
         """(model, tokenizer) of a policy artifact, in the sampler's dtype on its device."""
@@ -689,18 +696,17 @@ def write_results(out: Path, result: dict[str, Any], records: list[dict[str, Any
 def _relaunch(args: argparse.Namespace) -> int:
     """`alignment eval` again under `accelerate launch --config_file args.accelerate_config`, same options."""
     import os
+    import socket
     import subprocess
     import sys
+
+    import yaml
 
     config = Path(args.accelerate_config)
     if not config.is_file():
         raise EvalError(
             f"--accelerate-config {config}: no such file (configs/accelerate/ has the shipped ones)"
         )
-    import socket
-
-    import yaml
-
     argv = sys.argv[1:]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     settings = yaml.safe_load(config.read_text()) or {}
@@ -774,7 +780,7 @@ def main(args: argparse.Namespace) -> int:
         "prompts": dataclasses.asdict(data_config),
         "n_prompts": len(rows),
         "decoding": dataclasses.asdict(decoding),
-        "engine": {"backend": sampler.backend, "dtype": str(sampler.dtype).removeprefix("torch.")},
+        "engine": sampler.record,
         "processes": state.num_processes,
         "responses_per_process": per_process,
         "metrics": metrics,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 WATCHED = ("loss", "grad_norm", "eval_loss")
-"""The logged values that must stay finite (TRL's names; PPO logs its own under `ppo/`)."""
+"""The logged values that must stay finite (TRL's names; PPO checks its own: ppo_trainer.PPO_WATCHED)."""
 
 ADVICE = "lower the learning rate, clip gradients (max_grad_norm), or check the data for empty or broken rows"
 
@@ -41,32 +41,17 @@ def non_finite(values: Mapping[str, Any], names: Iterable[str] | None = None) ->
     return found
 
 
-def _checkpoint_step(path: Path) -> int | None:
-    try:
-        return int(path.name.split("-", 1)[1])
-    except (IndexError, ValueError):
-        return None
-
-
 def retire_checkpoints_after(work_dir: Path, step: int) -> tuple[Path | None, list[Path]]:
     """Removes the COMPLETE marker of every checkpoint after `step` (they may hold non-finite weights); returns
     (the latest complete checkpoint at or before `step`, the checkpoints retired)."""
     from alignment import artifacts
 
-    kept: tuple[int, Path] | None = None
-    retired = []
-    if work_dir.is_dir():
-        for child in sorted(work_dir.glob("checkpoint-*")):
-            number = _checkpoint_step(child)
-            marker = child / artifacts.CHECKPOINT_MARKER
-            if number is None or not marker.is_file():
-                continue
-            if number > step:
-                marker.unlink()
-                retired.append(child)
-            elif kept is None or number > kept[0]:
-                kept = (number, child)
-    return (kept[1] if kept else None), retired
+    complete = artifacts.complete_checkpoints(work_dir)
+    retired = [path for number, path in complete if number > step]
+    for path in retired:
+        (path / artifacts.CHECKPOINT_MARKER).unlink()
+    kept = [path for number, path in complete if number <= step]
+    return (kept[-1] if kept else None), retired
 
 
 def failure_message(

@@ -323,8 +323,7 @@ def _gold_eval(pipeline: PipelineConfig, console: Any) -> None:
         results[stage] = scored["mean"]
         details[stage] = {
             "key": key,
-            "backend": sampler.backend,
-            "dtype": str(sampler.dtype).removeprefix("torch."),
+            **sampler.record,
             "mean": scored["mean"],
             "n": scored["n"],
             "ci95_half_width": _half_width(scored["scores"]),

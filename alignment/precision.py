@@ -51,6 +51,11 @@ def fast_dtype(device: torch.device) -> torch.dtype:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> "bfloat16", as configs and records name dtypes."""
+    return str(dtype).removeprefix("torch.")
+
+
 def default_device() -> torch.device:
     """The device a stage computes on: this process's GPU where CUDA is available, else the CPU."""
     return (
@@ -109,11 +114,11 @@ def precision_record(
     device = device or default_device()
     weights, autocast = training_precision(name, device)
     base = adapter_base_dtype(name, method, device)
-    trained = str(weights).removeprefix("torch.")
+    trained = dtype_name(weights)
     return {
         "model_dtype": name,
         "trained_weights": trained if base is None else f"{trained} (LoRA adapters; base bfloat16, frozen)",
         "bf16_autocast": autocast,
-        "frozen_models": str(inference_dtype(name, device)).removeprefix("torch."),
+        "frozen_models": dtype_name(inference_dtype(name, device)),
         "device": bf16_units(device)[1],
     }

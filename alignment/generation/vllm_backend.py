@@ -62,10 +62,10 @@ def whole_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def engine_dtype(device: torch.device, model_dtype: torch.dtype) -> str:
     """`generation.dtype: auto`: bf16 where the device has bf16 units, else the model's dtype."""
-    from alignment.precision import bf16_units
+    from alignment.precision import bf16_units, dtype_name
 
     fast, why = bf16_units(device)
-    dtype = "bfloat16" if fast else str(model_dtype).removeprefix("torch.")
+    dtype = "bfloat16" if fast else dtype_name(model_dtype)
     logger.info("[generation] vLLM engine dtype auto -> %s (%s)", dtype, why)
     return dtype
 

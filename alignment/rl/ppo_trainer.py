@@ -426,11 +426,9 @@ class PPOTrainer:
             # The engine's log-probs come from other kernels (and maybe another dtype): the update's old
             # log-probs are the trainer's own, recomputed after generation.
             self.use_generation_logprobs = False
-        elif self.use_generation_logprobs and self.unwrapped.policy.dtype != torch.float32:
+        elif self.unwrapped.policy.dtype != torch.float32:
             # bf16 decoding with a KV cache against the update's full forward passes: mean |diff| 0.044 per token
             # on SmolLM2 (AMX), too close to the check's tolerance to keep; recompute, as for vllm.
-            logger.info("[ppo] the policy computes in %s: its log-probs are recomputed after generation",
-                        self.unwrapped.policy.dtype)  # fmt: skip
             self.use_generation_logprobs = False
         # `hf` decodes with the live policy; `vllm` copies its whole (gathered under ZeRO-3) weights in once here.
         whole = self._whole_policy() if backend == "vllm" else contextlib.nullcontext(self.unwrapped.policy)

@@ -90,9 +90,7 @@ def load_reward(spec: str, paths: list[Path], run: StageRun, batch_size: int, pr
     for index, path in enumerate(paths):
         if artifacts.is_complete(path):
             run.add_input("reward" if index == 0 else f"reward{index}", path)
-    dtype = inference_dtype(
-        run.pipeline.model.dtype, run.state.device
-    )  # frozen: bf16 where the device has it
+    dtype = inference_dtype(run.pipeline.model.dtype, run.state.device)  # frozen: bf16 where it is fast
     return reward_models.load(
         spec, batch_size=batch_size, device=run.state.device, prepare=prepare, dtype=dtype
     )

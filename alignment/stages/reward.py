@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from alignment.config import ConfigError, PipelineConfig
-from alignment.finite import require_finite
 from alignment.models import (
     apply_freeze,
     count_parameters,
@@ -40,7 +39,6 @@ from alignment.stages.common import (
     stage_main,
     start_from_init,
 )
-from reward_models.learned import NORMALIZATION_FILE
 
 logger = logging.getLogger("alignment.reward")
 
@@ -173,11 +171,6 @@ def _finish(trainer: Any, run: StageRun, metrics: dict[str, Any]) -> tuple[str, 
     if run.is_main:
         _diagnose_in_fresh_process(run, trainer.args, run.init_path)  # type: ignore[attr-defined]
         diagnostics = json.loads((run.staging / "diagnostics.json").read_text())
-        require_finite(f"[reward] {run.output_dir}: held-out diagnostics", diagnostics, ("accuracy",))
-        normalization = run.staging / NORMALIZATION_FILE
-        if normalization.is_file():
-            stats = json.loads(normalization.read_text())
-            require_finite(f"[reward] {run.output_dir}: normalisation statistics", stats, ("mean", "std"))
         metrics["heldout_accuracy"] = diagnostics["accuracy"]
         metrics["heldout_accuracy_ci95_low"] = diagnostics["accuracy_ci95"][0]
         metrics["heldout_accuracy_ci95_high"] = diagnostics["accuracy_ci95"][1]
