@@ -21,7 +21,7 @@ from typing import Any
 
 from alignment.data.formats import FORMATS, detect_format
 from alignment.data.snapshot import content_hash, split_train_eval, write_jsonl
-from alignment.data.sources import read_records
+from alignment.data.sources import DataError, read_records
 from alignment.data.validate import REASONS, RowError, validate_row
 
 KINDS = ("sft", "preference", "prompt", "unpaired")
@@ -64,10 +64,6 @@ class Reject:
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
         return f"{where}: {self.reason} ({self.detail})"
-
-
-class DataError(ValueError):
-    """Data that cannot be used as given; the message names files, lines and what to do."""
 
 
 @dataclass
