@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,9 +42,16 @@ class ServiceError(Exception):
         self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers, extra
 
 
+PairIdValue = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
 class Retraction(BaseModel):
-    ids: list[int] | None = Field(None, description="pair ids to retract")
+    ids: list[PairIdValue] | None = Field(None, description="pair ids to retract")
     submitter: str | None = Field(None, description="retract every pair submitted by tokens of this name")
+
+
+class Restoration(BaseModel):
+    ids: list[PairIdValue] = Field(description="ids of retracted pairs to bring back")
 
 
 def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
@@ -170,7 +177,12 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         principal: Principal = require("submit"),
         idempotency_key: str | None = Header(None, max_length=200),
     ) -> Any:
-        """Submit a batch `{"pairs": [{"prompt", "chosen", "rejected", "metadata"}, ...]}`; one result per row."""
+        """Submit a batch `{"pairs": [{"prompt", "chosen", "rejected", "metadata"}, ...]}`; one result per row.
+
+        A row whose content is already stored is `duplicate`, with the stored pair's id when that pair is the
+        caller's own or the caller is an admin (another submitter's id is not shown: it would tell who holds what);
+        content that was retracted is `rejected` with reason `retracted` (same id rule) until an admin restores it.
+        """
         body = await _read_body(request, config.limits.max_body_bytes)
         ident = await run_in_threadpool(dataset_id, name)
         digest = ingest.request_hash(name, body)
@@ -185,7 +197,14 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
             items = _parse_batch(body, config.limits.max_batch_pairs)
             checked = [ingest.check_row(index, item) for index, item in enumerate(items)]
             status, response = await run_in_threadpool(
-                ingest.store_batch, engine, ident, name, principal.token_id, checked, key
+                ingest.store_batch,
+                engine,
+                ident,
+                name,
+                principal.token_id,
+                checked,
+                key,
+                reveal_all=principal.allows("admin"),
             )
             if response.get("accepted") and config.rounds.trigger_new_pairs > 0:
                 from alignment.service.rounds import maybe_trigger
@@ -210,7 +229,8 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.post("/v1/datasets/{name}/retractions", tags=["pairs"])
     def retract(name: str, retraction: Retraction, principal: Principal = require("submit")) -> dict:
-        """Retract pairs by id or by submitter: later snapshots exclude them, earlier ones never change.
+        """Retract pairs by id or by submitter: later snapshots exclude them, earlier ones never change, and
+        submitting the same content again is rejected (reason `retracted`) until an admin restores the pair.
         A `submit` token may retract only its own pairs; an `admin` token anyone's."""
         ident = dataset_id(name)
         if (retraction.ids is None) == (retraction.submitter is None):
@@ -235,6 +255,24 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
                 .values(retracted_at=time.time(), retracted_by=principal.token_id)
             )
         return {"dataset": name, "retracted": result.rowcount}
+
+    @app.post("/v1/datasets/{name}/restorations", tags=["pairs"])
+    def restore(name: str, restoration: Restoration, _: Principal = require("admin")) -> dict:
+        """Bring retracted pairs back by id (admin only): snapshots from the next one on include them again
+        (earlier snapshots never change), and their content counts as a `duplicate` again. Ids that are not
+        retracted or not in this dataset are left alone; `restored` counts the pairs brought back."""
+        ident = dataset_id(name)
+        with writing(engine) as connection:
+            result = connection.execute(
+                update(pairs)
+                .where(
+                    pairs.c.dataset_id == ident,
+                    pairs.c.retracted_at.is_not(None),
+                    pairs.c.id.in_(restoration.ids),
+                )
+                .values(retracted_at=None, retracted_by=None)
+            )
+        return {"dataset": name, "restored": result.rowcount}
 
     @app.post("/v1/datasets/{name}/snapshots", tags=["snapshots"], status_code=201)
     def create_snapshot(name: str, principal: Principal = require("admin")) -> Any:

@@ -5,7 +5,7 @@ brute-forced and a plain SHA-256 is enough (no password hashing needed). Lookup 
 compared again with `hmac.compare_digest`.
 
 Scopes are nested: `read` lists and fetches; `submit` also posts pairs and retracts its own; `admin` also
-creates datasets, snapshots and rounds, and retracts anyone's pairs.
+creates datasets, snapshots and rounds, retracts anyone's pairs and restores retracted ones.
 """
 
 from __future__ import annotations

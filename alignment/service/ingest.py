@@ -3,7 +3,16 @@
 Each row goes through the training data's own converter and validator (`alignment.data.formats` preference
 converter, `alignment.data.validate.validate_row`), so a pair the service accepts is a pair every stage accepts.
 Rows get one result each, in order: `accepted` (with its id), `duplicate` (the same normalised content is
-already stored in this dataset, or earlier in the batch; with the stored id), or `rejected` with a reason code.
+already stored in this dataset, or earlier in the batch), or `rejected` with a reason code.
+
+What a duplicate reveals: the stored pair's `id` only when that pair is the caller's own (earlier in the batch, or
+submitted before by the same token) or the caller is an admin. For another submitter's pair a `submit` token sees
+`duplicate` with the detail "already stored by another submitter" and no id, so the service does not tell who
+holds which pair, nor hand out ids to retract or look up (that a content exists is what dedup must say anyway).
+
+Retracted content stays retracted: submitting it again is `rejected` with reason `retracted` (the same id rule),
+not accepted as new and not a `duplicate`, so a resubmission never undoes a retraction. Only an admin brings
+a retracted pair back (`POST /v1/datasets/{name}/restorations`); from then on its content is a `duplicate` again.
 
 Dedup key: SHA-256 of the normalised prompt / chosen / rejected messages (Unicode NFC, whitespace runs collapsed,
 ends stripped); metadata does not count. A unique index (dataset, content hash) makes it hold under concurrency:
@@ -37,6 +46,8 @@ SERVICE_REASONS: dict[str, str] = {
     "bad_metadata": "metadata must be an object of annotator, source, margin, score, tags, extra",
     "invalid_text": "text holds a lone UTF-16 surrogate (an escape in \\ud800-\\udfff), which is not Unicode",
     "non_finite_metadata": "metadata.margin and metadata.score must be finite numbers, not NaN or Infinity",
+    "retracted": "this content was retracted from the dataset and stays out until an admin restores the pair "
+    "(POST /v1/datasets/{name}/restorations)",
 }
 ROW_FIELDS = ("prompt", "chosen", "rejected", "metadata")
 METADATA_TYPES: dict[str, tuple[type, ...]] = {
@@ -161,10 +172,13 @@ def store_batch(
     token_id: int,
     checked: list[Checked],
     idempotency: tuple[str, str] | None,
+    reveal_all: bool = False,
 ) -> tuple[int, dict]:
     """Store the valid rows of a batch (and the response under its idempotency key) in one transaction.
 
-    Returns (status code, response body). A unique-index race with a concurrent batch is retried."""
+    `reveal_all` (admin callers) shows the stored id of every duplicate or retracted row, not only of the
+    caller's own pairs. Returns (status code, response body). A unique-index race with a concurrent batch is
+    retried."""
     for attempt in range(8):
         try:
             with writing(engine) as connection:
@@ -172,7 +186,7 @@ def store_batch(
                     earlier = _stored_response(connection, token_id, *idempotency)
                     if earlier is not None:
                         return earlier
-                response = _insert(connection, dataset_id, dataset_name, token_id, checked)
+                response = _insert(connection, dataset_id, dataset_name, token_id, checked, reveal_all)
                 if idempotency is not None:
                     connection.execute(
                         insert(idempotency_keys).values(
@@ -192,21 +206,27 @@ def store_batch(
     raise AssertionError("unreachable")
 
 
-def _ids_by_hash(connection: Connection, dataset_id: int, hashes: list[str]) -> dict[str, int]:
-    found: dict[str, int] = {}
+def _stored_by_hash(connection: Connection, dataset_id: int, hashes: list[str]) -> dict[str, Any]:
+    """content hash -> the stored pair's (id, submitted_by, retracted_at) row."""
+    found: dict[str, Any] = {}
     for start in range(0, len(hashes), 500):
-        query = select(pairs.c.id, pairs.c.content_hash).where(
+        query = select(pairs.c.id, pairs.c.content_hash, pairs.c.submitted_by, pairs.c.retracted_at).where(
             pairs.c.dataset_id == dataset_id, pairs.c.content_hash.in_(hashes[start : start + 500])
         )
-        found.update((digest, pair_id) for pair_id, digest in connection.execute(query))
+        found.update((row.content_hash, row) for row in connection.execute(query))
     return found
 
 
 def _insert(
-    connection: Connection, dataset_id: int, dataset_name: str, token_id: int, checked: list[Checked]
+    connection: Connection,
+    dataset_id: int,
+    dataset_name: str,
+    token_id: int,
+    checked: list[Checked],
+    reveal_all: bool = False,
 ) -> dict:
     valid = [item for item in checked if item.row is not None]
-    existing = _ids_by_hash(connection, dataset_id, list({item.content_hash for item in valid}))
+    existing = _stored_by_hash(connection, dataset_id, list({item.content_hash for item in valid}))
     now = time.time()
     new_rows: list[dict[str, Any]] = []
     first_in_batch: dict[str, int] = {}
@@ -226,7 +246,10 @@ def _insert(
     if new_rows:
         # A plain executemany, then the ids by hash: RETURNING would insert row by row on SQLite.
         connection.execute(insert(pairs), new_rows)
-        new_ids = _ids_by_hash(connection, dataset_id, list(first_in_batch))
+        new_ids = {
+            digest: row.id
+            for digest, row in _stored_by_hash(connection, dataset_id, list(first_in_batch)).items()
+        }
     results: list[dict[str, Any]] = []
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     for item in checked:
@@ -234,10 +257,20 @@ def _insert(
             result = {"index": item.index, "status": "rejected", "reason": item.reason, "detail": item.detail}
         elif first_in_batch.get(item.content_hash) == item.index:
             result = {"index": item.index, "status": "accepted", "id": new_ids[item.content_hash]}
+        elif item.content_hash in new_ids:
+            result = {"index": item.index, "status": "duplicate", "id": new_ids[item.content_hash]}
+            result["detail"] = "earlier in this batch"
         else:
-            stored = existing.get(item.content_hash) or new_ids[item.content_hash]
-            where = "earlier in this batch" if item.content_hash in new_ids else "already stored"
-            result = {"index": item.index, "status": "duplicate", "id": stored, "detail": where}
+            stored = existing[item.content_hash]
+            own = stored.submitted_by == token_id
+            if stored.retracted_at is not None:
+                detail = SERVICE_REASONS["retracted"].replace("{name}", dataset_name)
+                result = {"index": item.index, "status": "rejected", "reason": "retracted", "detail": detail}
+            else:
+                detail = "already stored" if own else "already stored by another submitter"
+                result = {"index": item.index, "status": "duplicate", "detail": detail}
+            if own or reveal_all:
+                result["id"] = stored.id
         counts[result["status"]] += 1
         results.append(result)
     return {"dataset": dataset_name, **counts, "results": results}

@@ -6,8 +6,10 @@
 The version is `alignment.data.snapshot.content_hash` of the rows, which is also the first 16 hex digits of
 the SHA-256 of pairs.jsonl itself, so a reader can check a file against its name. The same content always gives
 the same version (asking twice returns the existing one). Membership is also recorded in the store, so a later
-retraction never changes an earlier snapshot. Stages read a snapshot with `data: {source: service:NAME@VERSION}`
-(alignment.data.sources), never the live table.
+retraction or restoration never changes an earlier snapshot. A retracted pair is left out of every snapshot
+frozen while it is retracted; once an admin restores it, it is in every snapshot from the next one on (and when
+that brings the content back to an earlier snapshot's, the earlier version is the answer). Stages read a
+snapshot with `data: {source: service:NAME@VERSION}` (alignment.data.sources), never the live table.
 """
 
 from __future__ import annotations

@@ -207,9 +207,9 @@ def test_retraction_and_immutable_snapshots_read_as_a_stage_source(
         assert [s["pairs"] for s in listed] == [5, 4, 1]
         assert admin.get(f"/v1/datasets/{name}/snapshots/{v2['version']}").json()["pairs"] == 4
         assert admin.get(f"/v1/datasets/{name}").json()["retracted"] == 4
-        # Retracted content stays known: submitting it again is a duplicate, not a new pair.
+        # Retracted content stays out: submitting it again is rejected as `retracted`, not stored as a new pair.
         again = submitter.post(f"/v1/datasets/{name}/pairs", json={"pairs": [pair(0, "s")]}).json()
-        assert again["results"][0]["status"] == "duplicate"
+        assert again["results"][0]["status"] == "rejected" and again["results"][0]["reason"] == "retracted"
 
     from alignment.data import DataConfig, load
 
