@@ -1,10 +1,15 @@
 """The HTTP API (FastAPI). OpenAPI docs at /docs and /openapi.json; every /v1 route needs a bearer token.
 
 Errors are JSON `{"error": CODE, "detail": what was wrong and what to do, ...}` with the HTTP status that fits:
-400 unreadable body (malformed JSON, invalid UTF-8), 401 missing/invalid token, 403 wrong scope, 404 unknown
-dataset / snapshot / round, 413 over a size limit (with `limit`), 422 a well-formed request that cannot be
-processed (wrong top-level shape, an idempotency key reused with another body), 429 over the rate (with
-Retry-After). Per-row problems are not request errors: they come back as per-row results with a 200.
+400 unreadable body (malformed JSON, invalid UTF-8, nesting deeper than `limits.max_json_depth`), 401
+missing/invalid token, 403 wrong scope, 404 unknown dataset / snapshot / round, 413 over a size limit (with
+`limit`), 422 a well-formed request that cannot be processed (wrong top-level shape, an idempotency key reused
+with another body), 429 over the rate or over the failed authentications of an address (with Retry-After).
+Per-row problems are not request errors: they come back as per-row results with a 200.
+
+Every request body passes `RequestGuard` before any route reads, parses or authenticates it: a body over
+`limits.max_body_bytes` is refused with 413 (on its Content-Length without reading it, or as soon as a chunked
+body's count passes the limit), and one nesting arrays/objects deeper than `limits.max_json_depth` with 400.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import json
 import logging
 import re
 import time
+from array import array
+from itertools import accumulate
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -23,10 +30,18 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alignment import __version__
 from alignment.service import ingest, snapshots
-from alignment.service.auth import Principal, RateLimiter, authenticate, retry_after_header
+from alignment.service.auth import (
+    FailedAuthLimiter,
+    Principal,
+    RateLimiter,
+    authenticate,
+    hash_token,
+    retry_after_header,
+)
 from alignment.service.settings import ServiceConfig
 from alignment.service.store import current_revision, datasets, open_store, pairs, writing
 
@@ -42,6 +57,13 @@ class ServiceError(Exception):
         self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers, extra
 
 
+def error_response(
+    status: int, code: str, detail: str, headers: dict | None = None, **extra: Any
+) -> JSONResponse:
+    """The service's error body `{"error": CODE, "detail": ..., **extra}`."""
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
+
+
 PairIdValue = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
@@ -54,10 +76,91 @@ class Restoration(BaseModel):
     ids: list[PairIdValue] = Field(description="ids of retracted pairs to bring back")
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NESTING_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[{]}")))
+
+
+def json_depth(body: bytes) -> int:
+    """How deep `body` nests arrays and objects, counted without parsing it (strings are skipped, so a bracket
+    inside one does not count): the maximum running sum of +1 per `[`/`{` and -1 per `]`/`}`, in C loops
+    (about 0.1 s for 8 MiB), where `json.loads` would recurse once per level and fail with RecursionError."""
+    steps = _JSON_STRING.sub(b"", body).translate(_NESTING_STEPS, delete=_NOT_BRACKETS)
+    return max(accumulate(array("b", steps)), default=0)
+
+
+class RequestGuard:
+    """ASGI middleware: bounds every request body in size and nesting before any route reads, parses or
+    authenticates it. A Content-Length over `max_bytes` is answered 413 at once, without reading the body; a
+    body without one (chunked) is counted as it arrives and answered 413 as soon as the count passes `max_bytes`.
+    A body within the limit is read here (the routes get it replayed) and refused with 400 when it nests deeper
+    than `max_depth` (every body this API takes is JSON)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int) -> None:
+        self.app, self.max_bytes, self.max_depth = app, max_bytes, max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            detail = f"the body of {int(declared)} bytes is over limits.max_body_bytes"
+            await self._too_large(scope, receive, send, detail)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send, "the body passed limits.max_body_bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body:
+            depth = json_depth(body) if size < 65536 else await run_in_threadpool(json_depth, body)
+            if depth > self.max_depth:
+                response = error_response(
+                    400,
+                    "json_too_deep",
+                    f"the body nests arrays/objects {depth} deep, over limits.max_json_depth = "
+                    f"{self.max_depth}; send flatter JSON",
+                    limit=self.max_depth,
+                )
+                await response(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
+        response = error_response(
+            413,
+            "body_too_large",
+            f"{what} = {self.max_bytes} bytes; send less per request (split the batch)",
+            {"Connection": "close"},  # the rest of the body is never read: the connection cannot be reused
+            limit=self.max_bytes,
+        )
+        await response(scope, receive, send)
+
+
 def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
     """The application over `config.db` (migrated on start)."""
     engine = engine or open_store(config.db)
     limiter = RateLimiter(config.limits.requests_per_second, config.limits.burst)
+    failed_auth = FailedAuthLimiter(config.limits.auth_failures_per_minute)
     dataset_ids: dict[str, int] = {}
     app = FastAPI(
         title="alignment preference-data service",
@@ -65,11 +168,13 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         description="Submit preference pairs, freeze immutable snapshots, run alignment rounds.",
     )
     app.state.engine, app.state.config = engine, config
+    app.add_middleware(
+        RequestGuard, max_bytes=config.limits.max_body_bytes, max_depth=config.limits.max_json_depth
+    )
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
-        body = {"error": error.code, "detail": error.detail, **error.extra}
-        return JSONResponse(body, status_code=error.status, headers=error.headers)
+        return error_response(error.status, error.code, error.detail, error.headers, **error.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -83,7 +188,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         return JSONResponse({"error": "internal", "detail": detail}, status_code=500)
 
     def require(scope: str) -> Any:
-        def dependency(authorization: str | None = Header(None)) -> Principal:
+        def dependency(request: Request, authorization: str | None = Header(None)) -> Principal:
             if not authorization or not authorization.lower().startswith("bearer "):
                 raise ServiceError(
                     401,
@@ -91,11 +196,27 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
                     "send `Authorization: Bearer <token>` (create one with `alignment tokens create`)",
                     {"WWW-Authenticate": "Bearer"},
                 )
-            principal = authenticate(engine, authorization[7:].strip())
+            token = authorization[7:].strip()
+            address = request.client.host if request.client else "unknown"
+            blocked = failed_auth.wait(address, hash_token(token))
+            if blocked > 0:
+                raise ServiceError(
+                    429,
+                    "auth_rate_limited",
+                    f"over limits.auth_failures_per_minute = {failed_auth.limit} failed authentications from "
+                    f"{address} in 60 s: tokens new to this address are not checked until then; check yours "
+                    "(`alignment tokens list`) and retry after Retry-After seconds",
+                    {"Retry-After": retry_after_header(blocked)},
+                    retry_after_s=round(blocked, 3),
+                    limit=failed_auth.limit,
+                )
+            principal = authenticate(engine, token)
             if principal is None:
+                failed_auth.failed(address)
                 raise ServiceError(
                     401, "invalid_token", "the token is unknown or revoked", {"WWW-Authenticate": "Bearer"}
                 )
+            failed_auth.succeeded(address, hash_token(token))
             if not principal.allows(scope):
                 raise ServiceError(
                     403, "forbidden", f"this needs a token of scope {scope!r}; yours is {principal.scope!r}"
@@ -183,7 +304,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         caller's own or the caller is an admin (another submitter's id is not shown: it would tell who holds what);
         content that was retracted is `rejected` with reason `retracted` (same id rule) until an admin restores it.
         """
-        body = await _read_body(request, config.limits.max_body_bytes)
+        body = await request.body()  # bounded by RequestGuard
         ident = await run_in_threadpool(dataset_id, name)
         digest = ingest.request_hash(name, body)
         key = (idempotency_key, digest) if idempotency_key else None
@@ -227,6 +348,16 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
             ) from None
         return JSONResponse(response, status_code=status)
 
+    def check_ids(ids: list[int]) -> None:
+        limit = config.limits.max_retraction_ids
+        if len(ids) > limit:
+            raise ServiceError(
+                413,
+                "too_many_ids",
+                f"{len(ids)} ids > limits.max_retraction_ids = {limit}; split them over several requests",
+                limit=limit,
+            )
+
     @app.post("/v1/datasets/{name}/retractions", tags=["pairs"])
     def retract(name: str, retraction: Retraction, principal: Principal = require("submit")) -> dict:
         """Retract pairs by id or by submitter: later snapshots exclude them, earlier ones never change, and
@@ -235,6 +366,8 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         ident = dataset_id(name)
         if (retraction.ids is None) == (retraction.submitter is None):
             raise ServiceError(422, "invalid_request", "give exactly one of `ids` or `submitter`")
+        if retraction.ids is not None:
+            check_ids(retraction.ids)
         from alignment.service.store import tokens
 
         condition = [pairs.c.dataset_id == ident, pairs.c.retracted_at.is_(None)]
@@ -262,6 +395,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         (earlier snapshots never change), and their content counts as a `duplicate` again. Ids that are not
         retracted or not in this dataset are left alone; `restored` counts the pairs brought back."""
         ident = dataset_id(name)
+        check_ids(restoration.ids)
         with writing(engine) as connection:
             result = connection.execute(
                 update(pairs)
@@ -300,19 +434,6 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
     return app
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ServiceError(413, "body_too_large", f"body of {declared} bytes > limit {limit}", limit=limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError(413, "body_too_large", f"body over the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _parse_batch(body: bytes, max_pairs: int) -> list[Any]:
     try:
         text = body.decode("utf-8")
@@ -325,6 +446,10 @@ def _parse_batch(body: bytes, max_pairs: int) -> list[Any]:
             400,
             "malformed_json",
             f"the body is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
+        ) from None
+    except RecursionError:  # only with a limits.max_json_depth above the interpreter's recursion limit
+        raise ServiceError(
+            400, "json_too_deep", "the body nests arrays/objects too deep to parse; send flatter JSON"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
         raise ServiceError(422, "invalid_request", 'the body must be an object {"pairs": [ {...}, ... ]}')

@@ -1,4 +1,5 @@
-"""Bearer tokens (stored as SHA-256 hashes, shown once), scopes, and per-token rate limits.
+"""Bearer tokens (stored as SHA-256 hashes, shown once), scopes, per-token rate limits and a limit on failed
+authentications per client address.
 
 A token is 32 random bytes (`secrets.token_urlsafe`) behind an `alg_` prefix, so the hash of a token cannot be
 brute-forced and a plain SHA-256 is enough (no password hashing needed). Lookup is by hash; the stored hash is
@@ -16,6 +17,7 @@ import math
 import secrets
 import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
@@ -111,6 +113,55 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (level, now)
             return (1.0 - level) / self.rate
+
+
+class FailedAuthLimiter:
+    """Failed authentications per client address, in this server process (a sliding window of `window` s).
+
+    After `limit` failures within the window, a token presented from that address is refused (`wait` > 0) without
+    being looked up, until the oldest of those failures is `window` s old: a guesser gets `limit` guesses per
+    window, whatever it sends. A token that already authenticated from the address is let through as usual, so the
+    address's own clients go on working; a token new to the address waits like a guess. `limit` 0 disables."""
+
+    def __init__(self, limit: int, window: float = 60.0, max_tracked: int = 10_000) -> None:
+        self.limit, self.window, self.max_tracked = limit, window, max_tracked
+        self._failures: dict[str, deque[float]] = {}  # address -> times of its last `limit` failures
+        self._succeeded: OrderedDict[tuple[str, str], None] = OrderedDict()  # (address, token hash), LRU
+        self._lock = threading.Lock()
+
+    def wait(self, address: str, token_hash: str) -> float:
+        """0 when this token may be checked now, else the seconds until the address may try again."""
+        if self.limit <= 0:
+            return 0.0
+        with self._lock:
+            failures = self._failures.get(address)
+            if failures is None or len(failures) < self.limit:
+                return 0.0
+            wait = failures[0] + self.window - time.monotonic()
+            if wait <= 0 or (address, token_hash) in self._succeeded:
+                return 0.0
+            return wait
+
+    def failed(self, address: str) -> None:
+        if self.limit <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if address not in self._failures and len(self._failures) >= self.max_tracked:
+                expired = [a for a, times in self._failures.items() if times[-1] + self.window <= now]
+                for stale in expired or [next(iter(self._failures))]:
+                    del self._failures[stale]
+            self._failures.setdefault(address, deque(maxlen=self.limit)).append(now)
+
+    def succeeded(self, address: str, token_hash: str) -> None:
+        if self.limit <= 0:
+            return
+        key = (address, token_hash)
+        with self._lock:
+            self._succeeded[key] = None
+            self._succeeded.move_to_end(key)
+            if len(self._succeeded) > self.max_tracked:
+                self._succeeded.popitem(last=False)
 
 
 def retry_after_header(seconds: float) -> str:

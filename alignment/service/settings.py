@@ -36,13 +36,22 @@ class LimitsConfig:
     """Request limits; each refusal names the limit it hit."""
 
     max_body_bytes: int = 8 * 1024 * 1024
-    """Larger request bodies are refused with 413 before they are read whole."""
+    """Larger request bodies are refused with 413 on every route, before auth: at once on a Content-Length
+    over it, as soon as the count passes it on a chunked body."""
+    max_json_depth: int = 32
+    """Request bodies nesting arrays/objects deeper than this are refused with 400 before they are parsed."""
     max_batch_pairs: int = 1000
     """Pairs per POST; a larger batch is refused with 413 (split it; `alignment submit` does)."""
+    max_retraction_ids: int = 10000
+    """Pair ids per retraction or restoration request; more are refused with 413 (split them)."""
     requests_per_second: float = 100.0
     """Per-token sustained request rate (token bucket); over it -> 429 with Retry-After. 0 disables."""
     burst: int = 200
     """Requests a token may send at once before the rate applies."""
+    auth_failures_per_minute: int = 20
+    """Failed authentications (unknown or revoked token) per client address in 60 s; beyond, that address's
+    tokens are refused with 429 and Retry-After without being checked, except tokens that already succeeded
+    from it, which go on as usual. 0 disables."""
 
 
 @dataclass
