@@ -5,7 +5,10 @@ squeue and sacct).
 Both record a job handle in the round (`local:<host>:<process group>` / `slurm:<job id>`) before waiting, so a
 worker that resumes a round after another died first deals with the job already there: a local process group
 left behind on this host is killed (the pipeline then resumes from its checkpoints), a Slurm job still queued or
-running is followed instead of submitted again.
+running is followed instead of submitted again, and one that already ended is still recorded and its outcome read.
+
+Both stop the round's work once the worker's `alive()` turns False (its lease is lost): the local process group is
+killed, the Slurm job cancelled, and `run` returns -9 only once they no longer run.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class LocalExecutor:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
 
+    def stop_leftover(self, previous_job: str | None) -> None:
+        """Before a resumed round takes its directory's lock: kill the pipeline a dead worker left on this host."""
+        _kill_leftover(previous_job)
+
     def run(
         self,
         round_yaml: Path,
@@ -49,8 +56,12 @@ class LocalExecutor:
         previous_job: str | None,
         record_job: Callable,
         alive: Callable,
+        keep_fds: tuple[int, ...] = (),
     ) -> int:
-        _kill_leftover(previous_job)
+        """The pipeline's exit code, or -9 once `alive()` turned False: then its process group is killed and gone.
+
+        `keep_fds` (the round directory's lock) stay open in the pipeline process, so that the lock is held while
+        the pipeline runs, even after this worker died."""
         with open(log_path, "a") as log:
             log.write(f"$ {shlex.join(pipeline_command(round_yaml))}\n")
             log.flush()
@@ -61,35 +72,49 @@ class LocalExecutor:
                 env=self.env,
                 cwd=os.getcwd(),
                 start_new_session=True,  # its own process group: killed whole if the round is lost
+                pass_fds=keep_fds,
             )
-            record_job(f"local:{socket.gethostname()}:{process.pid}")
-            while process.poll() is None:
-                if not alive():
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-                    return -9
-                time.sleep(1.0)
-        return process.returncode
+            try:
+                record_job(f"local:{socket.gethostname()}:{process.pid}")
+                while process.poll() is None and alive():
+                    time.sleep(0.5)
+            finally:  # lost (or recording the job failed): nothing of this attempt may keep running
+                if process.poll() is None or not alive():
+                    _kill_group(process.pid, reap=process.wait)
+        return -9 if not alive() else process.returncode
+
+
+def _kill_group(pgid: int, wait: float = 10.0, reap: Callable | None = None) -> None:
+    """SIGKILL a process group and wait (up to `wait` s) until none of its processes is left; `reap` collects
+    the group's leader when it is this process's child (else it stays a zombie, still in the group)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        if reap is not None:
+            reap()
+        return
+    if reap is not None:
+        reap()
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 def _kill_leftover(previous_job: str | None) -> None:
-    """Kill the process group a dead worker left running on this host (same round, same output dir)."""
+    """Kill the process group a dead worker left running on this host (same round, same output dir).
+
+    A group left on another host is out of reach: it holds the round directory's lock (the pipeline process
+    inherits it) until it ends, and the resumed round waits for that lock."""
     if not previous_job or not previous_job.startswith("local:"):
         return
     _, host, pgid = previous_job.split(":")
     if host != socket.gethostname():
         return
-    try:
-        os.killpg(int(pgid), signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.killpg(int(pgid), 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
+    _kill_group(int(pgid))
 
 
 # --------------------------------------------------------------------------------------------------- slurm
@@ -104,6 +129,8 @@ SBATCH_EXPORTS = frozenset(
 WANDB_API_KEY, HF_TOKEN, the service's database URL) reaches it from the submitting worker's environment through
 sbatch's --export=ALL, never through a file."""
 SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+UNREACHABLE = "UNREACHABLE"
+"""`SlurmExecutor.state` when squeue failed for another reason than an unknown job id."""
 
 
 def render_sbatch(
@@ -154,13 +181,18 @@ class SlurmExecutor:
         return result.stdout.strip().split(";")[0]  # "<job id>[;<cluster>]"
 
     def state(self, job_id: str) -> str | None:
-        """The job's state while Slurm still lists it (squeue), else None."""
+        """The job's state while squeue lists it, None once it does not; `UNREACHABLE` when squeue failed otherwise
+        (the controller did not answer): that says nothing about the job, the caller asks again."""
         result = self.runner(["squeue", "--noheader", "--jobs", job_id, "--format=%T"])
-        state = result.stdout.strip().splitlines()
-        return state[0].strip() if result.returncode == 0 and state else None
+        lines = result.stdout.strip().splitlines()
+        if result.returncode == 0:
+            return lines[0].strip() if lines else None
+        return None if "invalid job id" in result.stderr.lower() else UNREACHABLE
 
-    def exit_code(self, job_id: str) -> int:
-        """Once the job has left the queue: 0 when it COMPLETED with exit 0, else its exit code (or 1).
+    def outcome(self, job_id: str) -> tuple[str, int]:
+        """(state, exit code) of a job squeue no longer lists: exit code 0 when it COMPLETED with exit 0, else its
+        exit code (or 1). The state may still be an active one (accounting lags behind squeue for a moment) or
+        UNKNOWN (Slurm has forgotten the job and keeps no accounting).
 
         From sacct; on a cluster without accounting storage (sacct fails) from `scontrol show job`, which knows
         a finished job for MinJobAge seconds (300 by default)."""
@@ -174,12 +206,41 @@ class SlurmExecutor:
             shown = self.runner(["scontrol", "show", "job", "--oneliner", job_id])
             fields = dict(item.split("=", 1) for item in shown.stdout.split() if "=" in item)
             state, code = fields.get("JobState", ""), fields.get("ExitCode", "")
-        if state.startswith("COMPLETED") and code.split(":")[0] == "0":
-            return 0
+        state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        if state == "COMPLETED" and code.split(":")[0] == "0":
+            return state, 0
         try:
-            return int(code.split(":")[0]) or 1
+            return state, int(code.split(":")[0]) or 1
         except ValueError:
-            return 1
+            return state, 1
+
+    def exit_code(self, job_id: str) -> int:
+        """The exit code of a job that has left the queue (see `outcome`)."""
+        return self.outcome(job_id)[1]
+
+    def wait(self, job_id: str, alive: Callable) -> tuple[str, int]:
+        """Follow the job until it ended: its (state, exit code); ("LOST", -9) once `alive()` turned False, after
+        cancelling the job and waiting (up to a minute) until Slurm no longer runs it."""
+        while True:
+            state = self.state(job_id)
+            if state is None:  # gone from squeue: it ended, or accounting still shows it ending
+                state, code = self.outcome(job_id)
+                if state not in SLURM_ACTIVE:
+                    return state, code
+            if not alive():
+                self.cancel(job_id)
+                return "LOST", -9
+            time.sleep(self.poll)
+
+    def cancel(self, job_id: str, wait: float = 60.0) -> None:
+        """scancel the job and wait (up to `wait` s) until squeue no longer shows it active."""
+        self.runner(["scancel", job_id])
+        deadline = time.time() + wait
+        while self.state(job_id) in SLURM_ACTIVE | {UNREACHABLE} and time.time() < deadline:
+            time.sleep(min(self.poll, 1.0))
+
+    def stop_leftover(self, previous_job: str | None) -> None:
+        """Nothing to stop: a resumed round follows the job its dead worker submitted (`run`)."""
 
     def run(
         self,
@@ -188,29 +249,37 @@ class SlurmExecutor:
         previous_job: str | None,
         record_job: Callable,
         alive: Callable,
+        keep_fds: tuple[int, ...] = (),
     ) -> int:
-        job_id = None
+        """The job's exit code (or -9 once `alive()` turned False: the job was cancelled). `keep_fds` is unused:
+        the job runs on another node, the worker holds the round directory's lock while it follows the job.
+
+        A resumed round's previous job stays recorded and is followed when still queued or running. When it ended
+        before this worker looked: a success is the round's result; a failure, or an outcome Slurm no longer
+        knows, is submitted again (the pipeline skips complete stages and resumes from checkpoints)."""
         if previous_job and previous_job.startswith("slurm:"):
             job_id = previous_job.split(":", 1)[1]
-            if self.state(job_id) not in SLURM_ACTIVE:
-                code = self.exit_code(job_id)
-                if code == 0:
-                    return 0
-                job_id = None  # it ended badly: submit again, the pipeline resumes from checkpoints
-        if job_id is None:
-            script = self.script(round_yaml, log_path.parent, f"alignment-{round_yaml.parent.name}")
-            job_id = self.submit(script)
+            record_job(previous_job)
+            was_active = self.state(job_id) in SLURM_ACTIVE | {UNREACHABLE}
+            state, code = self.wait(job_id, alive)
+            if was_active or code in (0, -9):
+                return code
             with open(log_path, "a") as log:
                 log.write(
-                    f"submitted {script} as Slurm job {job_id}; output {log_path.parent}/slurm-{job_id}.out\n"
+                    f"Slurm job {job_id} of an earlier attempt ended {state} (exit {code}): submitting again\n"
                 )
-        record_job(f"slurm:{job_id}")
-        while self.state(job_id) in SLURM_ACTIVE:
-            if not alive():
-                self.runner(["scancel", job_id])
-                return -9
-            time.sleep(self.poll)
-        return self.exit_code(job_id)
+        script = self.script(round_yaml, log_path.parent, f"alignment-{round_yaml.parent.name}")
+        job_id = self.submit(script)
+        try:
+            record_job(f"slurm:{job_id}")
+        except BaseException:  # this worker no longer holds the round: its job must not run
+            self.cancel(job_id)
+            raise
+        with open(log_path, "a") as log:
+            log.write(
+                f"submitted {script} as Slurm job {job_id}; output {log_path.parent}/slurm-{job_id}.out\n"
+            )
+        return self.wait(job_id, alive)[1]
 
 
 def make_executor(config: RoundsConfig, env: dict[str, str], **kwargs: Any) -> LocalExecutor | SlurmExecutor:

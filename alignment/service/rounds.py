@@ -2,9 +2,12 @@
 
 A round moves queued -> running -> succeeded | failed, through stages snapshot -> train -> evaluate -> done.
 A worker claims a round with a compare-and-swap on its `attempts` counter and holds it with a lease that it
-renews; when a worker dies the lease lapses and another worker claims the round again. Every step of a round is
-idempotent (the snapshot is recorded before training; the pipeline skips complete stages and resumes from
-checkpoints in the same output directory), so a resumed round continues, it is neither lost nor run twice.
+renews; when a worker dies the lease lapses and another worker claims the round again, up to
+`rounds.max_attempts` claims. The (worker, attempts) pair of a claim fences every write: a worker that lost its
+claim can no longer change the round. Every step of a round is idempotent (the snapshot is recorded before
+training; the pipeline skips complete stages and resumes from checkpoints in the same output directory), so a
+resumed round continues; the worker (worker.py) holds a lock on the output directory while it runs the round, so
+two workers never run it in the same directory at once.
 """
 
 from __future__ import annotations
@@ -97,24 +100,39 @@ def maybe_trigger(engine: Engine, dataset_id: int, threshold: int, policy_stage:
         ).scalar_one()
 
 
-def claim(engine: Engine, worker: str, lease_seconds: float) -> dict[str, Any] | None:
-    """Claim the oldest queued round, or a running one whose lease lapsed (its worker died)."""
+def claim(engine: Engine, worker: str, lease_seconds: float, max_attempts: int = 3) -> dict[str, Any] | None:
+    """Claim the oldest queued round, or a running one whose lease lapsed (its worker died or lost the store).
+
+    The claim is a compare-and-set on `attempts` (and, for a running round, on its lease still being lapsed), so
+    one claimer wins; the returned round's `attempts` is the winner's fencing token for every later write
+    (`renew`). A lapsed round that already had `max_attempts` claims is marked failed instead of claimed again."""
     now = time.time()
+    lapsed = (rounds.c.status == "running") & (rounds.c.lease_expires_at < now)
     with engine.connect() as connection:
         candidates = connection.execute(
-            select(rounds.c.id, rounds.c.attempts)
-            .where(
-                (rounds.c.status == "queued")
-                | ((rounds.c.status == "running") & (rounds.c.lease_expires_at < now))
-            )
+            select(rounds.c.id, rounds.c.attempts, rounds.c.status, rounds.c.worker)
+            .where((rounds.c.status == "queued") | lapsed)
             .order_by(rounds.c.id)
             .limit(8)
         ).all()
-    for round_id, attempts in candidates:
+    for round_id, attempts, status, last_worker in candidates:
+        same = (rounds.c.id == round_id) & (rounds.c.attempts == attempts)
+        same = same & ((rounds.c.status == "queued") if status == "queued" else lapsed)
+        if status == "running" and attempts >= max_attempts:
+            error = (
+                f"the lease of attempt {attempts} lapsed (worker {last_worker} stopped renewing it) and "
+                f"rounds.max_attempts is {max_attempts}: not claimed again; POST /v1/rounds/{round_id}/retry "
+                "gives it one more attempt"
+            )
+            with writing(engine) as connection:
+                connection.execute(
+                    update(rounds).where(same).values(status="failed", error=error, updated_at=time.time())
+                )
+            continue
         with writing(engine) as connection:
             won = connection.execute(
                 update(rounds)
-                .where(rounds.c.id == round_id, rounds.c.attempts == attempts, rounds.c.status.in_(ACTIVE))
+                .where(same)
                 .values(
                     status="running",
                     worker=worker,
@@ -128,8 +146,12 @@ def claim(engine: Engine, worker: str, lease_seconds: float) -> dict[str, Any] |
     return None
 
 
-def renew(engine: Engine, round_id: int, worker: str, lease_seconds: float, **fields: Any) -> bool:
-    """Extend this worker's lease (and set `fields`); False when the round is no longer this worker's."""
+def renew(
+    engine: Engine, round_id: int, worker: str, lease_seconds: float, *, attempt: int, **fields: Any
+) -> bool:
+    """Extend the lease of the claim (`worker`, `attempt`) and set `fields` in the same UPDATE: every write a
+    worker makes to its round (stage, job handle, results, final status). It applies only while the row still
+    holds that claim (a compare-and-set on worker, attempts and status running); returns whether it applied."""
     values = {"lease_expires_at": time.time() + lease_seconds, "updated_at": time.time(), **fields}
     for key in ("metrics_json", "lineage_json"):
         if key in values and not isinstance(values[key], str):
@@ -138,7 +160,12 @@ def renew(engine: Engine, round_id: int, worker: str, lease_seconds: float, **fi
         return (
             connection.execute(
                 update(rounds)
-                .where(rounds.c.id == round_id, rounds.c.worker == worker, rounds.c.status == "running")
+                .where(
+                    rounds.c.id == round_id,
+                    rounds.c.worker == worker,
+                    rounds.c.attempts == attempt,
+                    rounds.c.status == "running",
+                )
                 .values(**values)
             ).rowcount
             == 1

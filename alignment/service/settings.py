@@ -72,6 +72,8 @@ class RoundsConfig:
     """Create a round automatically once this many new accepted pairs arrived since the last one (0: never)."""
     lease_seconds: float = 60.0
     """A worker renews its claim on a round this often x 1/3; a round whose lease lapsed is resumed by another."""
+    max_attempts: int = 3
+    """Claims of a round whose lease lapsed; after the last one a lapsed lease marks the round failed instead."""
     slurm_template: str = "launch/slurm/service_round.sbatch"
     slurm_options: dict[str, str] = field(default_factory=dict)
     """Extra `#SBATCH --key=value` lines, e.g. {partition: gpu, time: "04:00:00", gpus-per-node: "8"}."""
@@ -100,6 +102,8 @@ class ServiceConfig:
             raise ConfigError(f"rounds.policy_stage must be dpo or ppo, got {self.rounds.policy_stage!r}")
         if self.rounds.executor not in ("local", "slurm"):
             raise ConfigError(f"rounds.executor must be local or slurm, got {self.rounds.executor!r}")
+        if self.rounds.max_attempts < 1:
+            raise ConfigError(f"rounds.max_attempts must be at least 1, got {self.rounds.max_attempts}")
 
 
 def load_service_config(path: str | None, **overrides: object) -> ServiceConfig:

@@ -8,12 +8,16 @@ SFT artifact in round 1), the policy stage (DPO or PPO) from the previous round'
 score when the base pipeline has an `evaluation:` section) and record the lineage snapshot -> RM -> policy ->
 eval in the round. The stages log the same lineage to W&B, grouped as `service-<dataset>-round-<id>`.
 
-The lease is renewed in a background thread; if it is lost (the store says another worker has the round), the
-pipeline is stopped and this worker moves on.
+The lease is renewed in a background thread and every write to the round is fenced by the claim (worker, attempt).
+When the round is lost (the store says another claim holds it, or no renewal succeeded until the lease would have
+expired), the round's pipeline is stopped (process group killed, Slurm job cancelled) and this worker moves on
+without writing anything more. While it runs a round the worker holds an exclusive lock on the round's output
+directory (`round_lock`), so a second worker waits for the first (or for the pipeline it left) to stop.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -22,11 +26,14 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from alignment import artifacts
 from alignment.config import read_yaml
@@ -112,23 +119,65 @@ def collect_results(
     return metrics, lineage
 
 
-class Lease:
-    """Renews a round's lease every lease/3 s in a thread; `alive()` turns False once the round is lost."""
+class LostRound(RuntimeError):
+    """This worker no longer holds the round: it stops its work and writes nothing more."""
 
-    def __init__(self, engine: Engine, round_id: int, worker: str, seconds: float) -> None:
-        self.engine, self.round_id, self.worker, self.seconds = engine, round_id, worker, seconds
+
+class Lease:
+    """This worker's claim (worker, attempt) on a round, renewed every lease/3 s in a thread.
+
+    Every write to the round goes through `update`, fenced by the claim (`rounds.renew` applies only while the row
+    still holds it). The round is lost, and `alive()` False from then on, when the store says another claim holds
+    it, or when no renewal succeeded until the lease would have expired (store errors: by then another worker may
+    claim the round). `alive()` checks that expiry itself, so a renewal hanging on an unreachable store cannot
+    keep it True."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        round_id: int,
+        worker: str,
+        attempt: int,
+        seconds: float,
+        expires_at: float | None = None,
+    ) -> None:
+        self.engine, self.round_id, self.worker, self.attempt, self.seconds = (
+            engine, round_id, worker, attempt, seconds,
+        )  # fmt: skip
+        self.expires_at = expires_at if expires_at is not None else time.time() + seconds
+        self.reason = ""
         self._lost = threading.Event()
         self._stop = threading.Event()
+        self._guard = threading.Lock()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def _lose(self, reason: str) -> None:
+        with self._guard:
+            if not self._lost.is_set():
+                self.reason = reason
+                self._lost.set()
+
+    def _renew(self, **fields: Any) -> bool:
+        started = time.time()  # the store's new expiry is at least started + seconds
+        held = rounds.renew(
+            self.engine, self.round_id, self.worker, self.seconds, attempt=self.attempt, **fields
+        )
+        if not held:
+            self._lose(f"the store holds another claim than ({self.worker}, attempt {self.attempt})")
+            return False
+        with self._guard:
+            self.expires_at = max(self.expires_at, started + self.seconds)
+        return True
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.seconds / 3):
+        wait = self.seconds / 3
+        while not self._stop.wait(wait) and self.alive():
             try:
-                if not rounds.renew(self.engine, self.round_id, self.worker, self.seconds):
-                    self._lost.set()
+                if not self._renew():
                     return
-            except Exception:  # noqa: BLE001 - a store hiccup: keep trying until the lease runs out
-                continue
+                wait = self.seconds / 3
+            except SQLAlchemyError:  # the store unreachable: retried until the lease would have expired
+                wait = min(self.seconds / 3, 1.0)
 
     def __enter__(self) -> Lease:
         self._thread.start()
@@ -139,18 +188,75 @@ class Lease:
         self._thread.join()
 
     def alive(self) -> bool:
+        if not self._lost.is_set() and time.time() >= self.expires_at:
+            self._lose("no renewal succeeded before the lease expired (the store did not answer)")
         return not self._lost.is_set()
 
     def update(self, **fields: Any) -> None:
-        if not rounds.renew(self.engine, self.round_id, self.worker, self.seconds, **fields):
-            self._lost.set()
-            raise RuntimeError(f"round {self.round_id} is no longer held by this worker")
+        """Set `fields` in the round (and renew the lease), fenced by this claim; store errors are retried until
+        the lease would have expired. Raises LostRound when the round is no longer this worker's."""
+        while self.alive():
+            try:
+                if self._renew(**fields):
+                    return
+            except SQLAlchemyError:
+                time.sleep(min(1.0, self.seconds / 10))
+        raise LostRound(f"round {self.round_id} is no longer held by this worker: {self.reason}")
+
+
+@contextmanager
+def round_lock(output: Path, alive: Callable[[], bool], holder: str, poll: float = 0.5) -> Iterator[int]:
+    """Hold an exclusive lock on `<output>/.lock` (fcntl.flock) for the whole execution; yields its descriptor.
+
+    While another holder has it (a worker still running this round, or the pipeline a dead worker left, which
+    inherits the lock), wait as long as `alive()`, and raise LostRound when that turns False first. flock keeps
+    apart the processes of one host and, on NFS (v4, or v3 with lockd), of all hosts: Linux turns it into a
+    whole-file NFS lock. Where the shared file system's locks are local to each host (e.g. Lustre mounted with
+    `localflock`, some FUSE file systems) it does not reach across hosts, and only the fenced lease (and the
+    pipeline's kill when it is lost) keeps two workers apart; where it has no locks at all (Lustre's `noflock`)
+    the round fails with this error rather than running unlocked."""
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / ".lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not alive():
+                    raise LostRound(f"lost the round while waiting for {path}") from None
+                if not waited:
+                    print(f"waiting for {path}: another worker, or a pipeline one left, runs this round")
+                    sys.stdout.flush()
+                    waited = True
+                time.sleep(poll)
+            except OSError as error:
+                raise OSError(
+                    f"cannot lock {path} ({error}): put rounds.output_dir on a file system with locks "
+                    "(e.g. Lustre mounted with -o flock)"
+                ) from error
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{holder} pid {os.getpid()}\n".encode())
+        yield descriptor
+    finally:
+        os.close(descriptor)
 
 
 def execute_round(engine: Engine, config: ServiceConfig, round_: dict[str, Any], worker: str) -> str:
-    """Run one claimed round to the end; returns its final status."""
+    """Run one claimed round to the end; returns its final status, or `lost` when another worker took it over
+    (then this worker has stopped the round's pipeline and written nothing since it lost the round)."""
     settings = config.rounds
-    with Lease(engine, round_["id"], worker, settings.lease_seconds) as lease:
+    lease = Lease(
+        engine,
+        round_["id"],
+        worker,
+        round_["attempts"],
+        settings.lease_seconds,
+        round_.get("lease_expires_at"),
+    )
+    with lease:
         try:
             if not round_["snapshot"]:
                 lease.update(stage="snapshot")
@@ -163,11 +269,6 @@ def execute_round(engine: Engine, config: ServiceConfig, round_: dict[str, Any],
             previous = rounds.previous_round(engine, round_["dataset_id"], round_["id"])
             pipeline = round_pipeline(config, round_, previous)
             output = Path(pipeline["output_dir"])
-            output.mkdir(parents=True, exist_ok=True)
-            round_yaml = output / "round.yaml"
-            round_yaml.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-            log_path = output / "round.log"
-            lease.update(stage="train", output_dir=str(output.resolve()), logs_path=str(log_path.resolve()))
             env = {
                 **os.environ,
                 "ALIGNMENT_SERVICE_SNAPSHOTS": str(Path(config.snapshot_dir).resolve()),
@@ -177,33 +278,53 @@ def execute_round(engine: Engine, config: ServiceConfig, round_: dict[str, Any],
                 "PYTHONUNBUFFERED": "1",
             }
             executor = make_executor(settings, env)
-            code = executor.run(
-                round_yaml,
-                log_path,
-                round_["executor_job"],
-                lambda job: lease.update(executor_job=job),
-                lease.alive,
-            )
-            if not lease.alive():
-                return "lost"
-            if code != 0:
-                tail = log_path.read_text(errors="replace").splitlines()[-20:] if log_path.is_file() else []
+            executor.stop_leftover(round_["executor_job"])
+            with round_lock(output, lease.alive, f"{worker} attempt {round_['attempts']}") as lock:
+                if not lease.alive():
+                    raise LostRound(lease.reason)
+                round_yaml = output / "round.yaml"
+                round_yaml.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+                log_path = output / "round.log"
                 lease.update(
-                    status="failed", error=f"pipeline exited {code}; log {log_path}:\n" + "\n".join(tail)
+                    stage="train", output_dir=str(output.resolve()), logs_path=str(log_path.resolve())
                 )
-                return "failed"
-            lease.update(stage="evaluate")
-            metrics, lineage = collect_results(
-                output, round_, pipeline["reward"]["init_from"], pipeline[round_["policy_stage"]]["init_from"]
-            )
-            lease.update(status="succeeded", stage="done", metrics_json=metrics, lineage_json=lineage)
-            return "succeeded"
+                code = executor.run(
+                    round_yaml,
+                    log_path,
+                    round_["executor_job"],
+                    lambda job: lease.update(executor_job=job),
+                    lease.alive,
+                    keep_fds=(lock,),
+                )
+                if not lease.alive():
+                    raise LostRound(lease.reason)
+                if code != 0:
+                    tail = (
+                        log_path.read_text(errors="replace").splitlines()[-20:] if log_path.is_file() else []
+                    )
+                    lease.update(
+                        status="failed", error=f"pipeline exited {code}; log {log_path}:\n" + "\n".join(tail)
+                    )
+                    return "failed"
+                lease.update(stage="evaluate")
+                metrics, lineage = collect_results(
+                    output,
+                    round_,
+                    pipeline["reward"]["init_from"],
+                    pipeline[round_["policy_stage"]]["init_from"],
+                )
+                lease.update(status="succeeded", stage="done", metrics_json=metrics, lineage_json=lineage)
+                return "succeeded"
+        except LostRound:
+            print(f"round {round_['id']}: lost ({lease.reason}); its work was stopped, nothing more written")
+            sys.stdout.flush()
+            return "lost"
         except Exception as error:  # noqa: BLE001 - recorded in the round, the worker goes on
-            if lease.alive():
-                message = f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}"
-                rounds.renew(
-                    engine, round_["id"], worker, settings.lease_seconds, status="failed", error=message
-                )
+            message = f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}"
+            try:
+                lease.update(status="failed", error=message)
+            except LostRound:
+                return "lost"
             return "failed"
 
 
@@ -216,7 +337,7 @@ def run_worker(config: ServiceConfig, once: bool = False, poll_seconds: float = 
     )
     sys.stdout.flush()
     while True:
-        claimed = rounds.claim(engine, worker, config.rounds.lease_seconds)
+        claimed = rounds.claim(engine, worker, config.rounds.lease_seconds, config.rounds.max_attempts)
         if claimed is None:
             if once:
                 print("no round to run")

@@ -48,7 +48,7 @@ def test_rounds_api_queues_and_shows_rounds(server: ServerProcess) -> None:
         engine = make_engine(server.db_url)
         claimed = rounds.claim(engine, "w", 30.0)
         assert claimed is not None
-        assert rounds.renew(engine, claimed["id"], "w", 30.0, status="failed", error="boom")
+        assert rounds.renew(engine, claimed["id"], "w", 30.0, attempt=1, status="failed", error="boom")
         retried = admin.post(f"/v1/rounds/{claimed['id']}/retry")
         assert retried.status_code == 200
         assert (retried.json()["status"], retried.json()["error"], retried.json()["attempts"]) == (
@@ -88,12 +88,13 @@ def test_claims_are_exclusive_and_a_lapsed_lease_is_resumed_by_another_worker(
     assert len(winners) == 1 and winners[0]["id"] == round_id and winners[0]["attempts"] == 1
     first = winners[0]["worker"]
     assert rounds.claim(engine, "late", lease_seconds=3.0) is None  # held
-    assert rounds.renew(engine, round_id, first, 1.0, stage="train")  # renewed for 1 s, then the holder died
+    # renewed for 1 s, then the holder died
+    assert rounds.renew(engine, round_id, first, 1.0, attempt=1, stage="train")
     time.sleep(1.3)
     resumed = rounds.claim(engine, "rescuer", lease_seconds=30.0)
     assert resumed is not None and resumed["worker"] == "rescuer" and resumed["attempts"] == 2
     assert resumed["stage"] == "train" and resumed["status"] == "running"
-    assert not rounds.renew(engine, round_id, first, 1.0)  # the dead worker's late renewal is refused
+    assert not rounds.renew(engine, round_id, first, 1.0, attempt=1)  # the dead worker's renewal is refused
     engine.dispose()
 
 
@@ -115,7 +116,7 @@ def test_trigger_rule_counts_new_accepted_pairs_since_the_last_round(backend: st
     submit(5, 10)
     assert rounds.maybe_trigger(engine, 1, 5, "dpo") is None  # one round at a time per dataset
     assert rounds.claim(engine, "w", 30.0)["id"] == first
-    assert rounds.renew(engine, first, "w", 30.0, status="succeeded")
+    assert rounds.renew(engine, first, "w", 30.0, attempt=1, status="succeeded")
     second = rounds.maybe_trigger(engine, 1, 5, "dpo")
     assert second is not None
     assert (
@@ -251,7 +252,8 @@ def test_slurm_executor_writes_the_sbatch_script_and_follows_the_job(tmp_path: P
         executor.run(round_dir / "round.yaml", round_dir / "round.log", None, jobs.append, lambda: False)
         == -9
     )
-    assert cancelled.commands[-1] == ["scancel", "4242"]
+    scancel = cancelled.commands.index(["scancel", "4242"])  # then it waits until the job no longer runs
+    assert [c[0] for c in cancelled.commands[scancel + 1 :]] == ["squeue", "squeue", "squeue"]
 
 
 def test_a_dead_workers_local_pipeline_is_killed_before_the_round_resumes() -> None:
