@@ -7,6 +7,13 @@ incomplete and never consumed.
 
 Checkpoints of a running stage live in `<output_dir>/.work/<stage>/checkpoint-<step>`; each gets a `COMPLETE`
 marker once every rank has finished writing it, so a kill mid-save never leaves a checkpoint that looks usable.
+Before a marker or a manifest is written, every file it vouches for is fsynced, and after each rename the parent
+folder is, so that a power loss cannot leave a marker (or a manifest) on disk ahead of the data it names. What a
+kill leaves behind (a checkpoint without its marker, a staging or retired folder) is removed by
+`clean_interrupted` before the stage resumes.
+
+Fault injection (tests and `python -m bench faults`): `ALIGNMENT_FAULT_AT=<point>[:<step>]` sends SIGKILL to the
+process when it reaches that point (see FAULT_POINTS).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -64,7 +72,28 @@ def staging_dir(final: str | Path) -> Path:
     return staging
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data, or a folder's entries (the names renamed or created in it), to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file under `folder`, then every folder bottom-up (itself last)."""
+    folder = Path(folder)
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(Path(root) / name)
+        for name in dirs:
+            fsync_path(Path(root) / name)
+    fsync_path(folder)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
+    """`data` as JSON at `path`: written to a temporary file, fsynced, renamed over `path`, folder fsynced."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as handle:
         json.dump(json_safe(data), handle, indent=2, sort_keys=True, default=str, allow_nan=False)
@@ -72,20 +101,29 @@ def write_json_atomic(path: Path, data: Any) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    fsync_path(path.parent)
 
 
 def publish(staging: str | Path, final: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write MANIFEST.json last into `staging`, then rename `staging` to `final` (replacing an old one)."""
+    """Write MANIFEST.json last into `staging`, then rename `staging` to `final` (replacing an old one).
+
+    Every file of `staging` is on disk before the manifest that vouches for it, and the parent folder is fsynced
+    after the rename. A kill between the two renames of a replacement leaves no `final` and a retired folder,
+    which `clean_interrupted` removes; the stage then publishes again."""
     staging, final = Path(staging), Path(final)
     manifest = {"manifest_version": MANIFEST_VERSION, **manifest}
+    fsync_tree(staging)
     write_json_atomic(staging / MANIFEST, manifest)
+    fault_point("publishing")
     if final.exists():
         retired = final.parent / f".{final.name}.retired-{int(time.time() * 1000)}"
         os.replace(final, retired)
         os.replace(staging, final)
+        fsync_path(final.parent)
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, final)
+        fsync_path(final.parent)
     return final
 
 
@@ -115,25 +153,46 @@ def lineage(path: str | Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-FAULT_ENV = "ALIGNMENT_FAULT_AFTER_CHECKPOINT"
-"""Testing hook: after the checkpoint of this step is complete, the process exits as if killed (137)."""
+FAULT_ENV = "ALIGNMENT_FAULT_AT"
+FAULT_POINTS = {
+    "data": "the stage's data snapshot is written (data preparation done)",
+    "checkpoint-written": "every rank wrote checkpoint-<step>, before its COMPLETE marker (a kill mid-save)",
+    "checkpoint": "checkpoint-<step> is COMPLETE",
+    "staged": "the weights, configs and metrics are in the staging folder, before MANIFEST.json",
+    "publishing": "MANIFEST.json is in the staging folder, before the rename into place",
+}
+"""Where `ALIGNMENT_FAULT_AT=<point>[:<step>]` kills the process (SIGKILL, as the OOM killer or a preempted node
+would): a point with a step (`checkpoint:4`) fires at that step only, one without at its first passage."""
 
 
-def exit_if_fault_injected(step: int) -> None:
-    """Exit with 137 (as if killed) when FAULT_ENV names this step; called once a checkpoint is COMPLETE."""
+def fault_point(point: str, step: int | None = None) -> None:
+    """SIGKILL this process when ALIGNMENT_FAULT_AT names `point` (and `step`, when it gives one)."""
+    wanted = os.environ.get(FAULT_ENV, "")
+    if not wanted:
+        return
+    name, _, wanted_step = wanted.partition(":")
+    if name not in FAULT_POINTS:
+        raise ValueError(f"{FAULT_ENV}={wanted!r}: unknown point {name!r}; one of {', '.join(FAULT_POINTS)}")
+    if name != point or (wanted_step and step is not None and int(wanted_step) != step):
+        return
     import logging
     import sys
 
-    fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
-    if fault_step and step == fault_step:
-        logging.getLogger("alignment").warning("%s=%d: exiting as if killed", FAULT_ENV, fault_step)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(137)
+    logging.getLogger("alignment").warning("%s=%s: killing this process (SIGKILL)", FAULT_ENV, wanted)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def mark_checkpoint_complete(checkpoint: str | Path) -> None:
-    (Path(checkpoint) / CHECKPOINT_MARKER).write_text(f"{time.time()}\n")
+    """The COMPLETE marker, written once every file of `checkpoint` is on disk, then the folder fsynced."""
+    checkpoint = Path(checkpoint)
+    fsync_tree(checkpoint)
+    with open(checkpoint / CHECKPOINT_MARKER, "w") as handle:
+        handle.write(f"{time.time()}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_path(checkpoint)
 
 
 def complete_checkpoints(work_dir: str | Path) -> list[tuple[int, Path]]:
@@ -151,6 +210,26 @@ def latest_complete_checkpoint(work_dir: str | Path) -> Path | None:
     """Highest-step `checkpoint-<N>` holding the COMPLETE marker, or None."""
     found = complete_checkpoints(work_dir)
     return found[-1][1] if found else None
+
+
+def clean_interrupted(work_dir: str | Path, final: str | Path) -> list[Path]:
+    """Remove what a killed run of a stage left: checkpoints without their COMPLETE marker in `work_dir`, and the
+    staging or retired folders beside its artifact `final`. Returns what was removed. Main process only."""
+    work_dir, final = Path(work_dir), Path(final)
+    leftovers = [
+        child
+        for child in (work_dir.glob("checkpoint-*") if work_dir.is_dir() else ())
+        if child.is_dir() and not (child / CHECKPOINT_MARKER).is_file()
+    ]
+    if final.parent.is_dir():
+        leftovers += [
+            child
+            for pattern in (f".{final.name}.staging*", f".{final.name}.retired-*")
+            for child in final.parent.glob(pattern)
+        ]
+    for leftover in leftovers:
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    return leftovers
 
 
 def code_version() -> str:

@@ -18,6 +18,10 @@ SUITES = {
     ),
     "profile": ("bench.profile", "torch.profiler over a TRL-backed stage's steps, time by operator class"),
     "scaling": ("bench.scaling", "a stage's time vs samples, sequence length, and 1 vs 2 processes"),
+    "faults": (
+        "bench.faults",
+        "each stage SIGKILLed at random moments and resumed: artifacts whole, losses equal to an uninterrupted run",
+    ),
     "service": (
         "bench.service",
         "preference-data service: accepted pairs/s and latency, SQLite and PostgreSQL",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ALIGNMENT_DATA_DIR", REPO.parent / "shared" / "data"))
+KILLED = -signal.SIGKILL
+"""The return code of a stage that `fault(...)` killed (subprocess reports death by a signal as its negative)."""
+
+
+def fault(point: str) -> dict[str, str]:
+    """The environment that SIGKILLs a stage at `point` (`checkpoint-written:8`, `publishing`, ...; see
+    alignment.artifacts.FAULT_POINTS)."""
+    return {"ALIGNMENT_FAULT_AT": point}
 
 
 def write_config(tmp_path: Path, base: str = "smoke.yaml", **updates: object) -> Path:

@@ -117,10 +117,10 @@ class StageRun:
                     )
                 shutil.rmtree(self.work_dir)
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            if self.staging.exists():
-                shutil.rmtree(self.staging)
+            for leftover in artifacts.clean_interrupted(self.work_dir, self.output_dir):
+                logger.info("[%s] removed what an interrupted run left: %s", self.stage, leftover)
         self.state.wait_for_everyone()
-        checkpoint = artifacts.latest_complete_checkpoint(self.work_dir)
+        checkpoint = resumable_checkpoint(self.work_dir)
         if hash_file.is_file():
             previous = hash_file.read_text().strip()
             if previous != self.hash and checkpoint is not None:
@@ -189,6 +189,7 @@ class StageRun:
             len(eval_rows),
             result.format,
         )
+        artifacts.fault_point("data")
         return train_rows, eval_rows
 
     def load_train_eval(
@@ -221,6 +222,7 @@ class StageRun:
             artifacts.write_json_atomic(self.staging / "metrics.json", metrics)
             for name, content in (extra_files or {}).items():
                 artifacts.write_json_atomic(self.staging / name, content)
+            artifacts.fault_point("staged")
             manifest = {
                 "stage": self.stage,
                 "config_hash": self.hash,
@@ -255,6 +257,22 @@ class StageRun:
             raise ArtifactError(f"input {name}: {path} is not a complete artifact (no MANIFEST.json)")
         self.inputs[name] = artifacts.input_record(path)
         self.tracker.use_model(path, f"{self.pipeline.name}-{name}")
+
+
+def resumable_checkpoint(work_dir: Path) -> Path | None:
+    """The latest COMPLETE checkpoint to resume from, passing over a finished run's last one: resumed at its final
+    step, transformers' Trainer trains one step more than the run asked for (its loop checks the step count only
+    after a step), so a run killed after its last checkpoint resumes from the one before and publishes what an
+    uninterrupted run publishes."""
+    for step, checkpoint in reversed(artifacts.complete_checkpoints(work_dir)):
+        state_file = checkpoint / "trainer_state.json"
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            if state.get("max_steps", 0) > 0 and step >= state["max_steps"]:
+                logger.info("resuming from before %s: it is the finished run's last step", checkpoint)
+                continue
+        return checkpoint
+    return None
 
 
 def device_defaults(dtype: str = "auto") -> dict[str, Any]:
@@ -372,17 +390,18 @@ def stage_callbacks(run: StageRun) -> list[Any]:
 
 
 def checkpoint_callback(run: StageRun) -> Any:
-    """Marks each checkpoint COMPLETE after every rank wrote it; optional fault injection for tests."""
+    """Marks each checkpoint COMPLETE after every rank wrote it (fault points around it: artifacts.FAULT_POINTS)."""
     from transformers import TrainerCallback
 
     class CompleteCheckpoints(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             run.state.wait_for_everyone()
+            artifacts.fault_point("checkpoint-written", state.global_step)
             if run.is_main and checkpoint.is_dir():
                 artifacts.mark_checkpoint_complete(checkpoint)
             run.state.wait_for_everyone()
-            artifacts.exit_if_fault_injected(state.global_step)
+            artifacts.fault_point("checkpoint", state.global_step)
 
     return CompleteCheckpoints()
 

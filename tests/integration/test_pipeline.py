@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, accelerate_launch, logged_losses, run_cli, run_cli_in_process, write_config
+from tests.helpers import (
+    KILLED,
+    REPO,
+    accelerate_launch,
+    fault,
+    logged_losses,
+    run_cli,
+    run_cli_in_process,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,14 +107,18 @@ def test_failed_stage_stops_with_log_and_rerun_command(tmp_path: Path, tiny_mode
     assert [s["status"] for s in record["stages"]] == ["done", "failed"]
 
 
-def test_dpo_exact_resume_after_kill(tmp_path: Path, smoke_pipeline: tuple[Path, Path, str]) -> None:
+def test_dpo_exact_resume_after_a_kill_during_a_checkpoint_save(
+    tmp_path: Path, smoke_pipeline: tuple[Path, Path, str]
+) -> None:
     base, _, _ = smoke_pipeline
     config = write_config(tmp_path, dpo__init_from=str(base / "run" / "sft"))
-    killed = run_cli("stage", "dpo", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"})
-    assert killed.returncode == 137, killed.stderr[-3000:]
+    killed = run_cli("stage", "dpo", "--config", str(config), env=fault("checkpoint-written:8"))
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+    work = tmp_path / "run" / ".work" / "dpo"
+    assert not (work / "checkpoint-8" / "COMPLETE").exists()
     resumed = run_cli("stage", "dpo", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
+    assert f"resuming from {work / 'checkpoint-4'}" in resumed.stderr
     assert logged_losses(tmp_path / "run" / "dpo") == pytest.approx(
         logged_losses(base / "run" / "dpo"), abs=1e-5
     )
@@ -116,8 +129,8 @@ def test_dpo_changed_must_match_field_refuses_to_resume(
 ) -> None:
     base, _, _ = smoke_pipeline
     config = write_config(tmp_path, dpo__init_from=str(base / "run" / "sft"))
-    killed = run_cli("stage", "dpo", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"})
-    assert killed.returncode == 137
+    killed = run_cli("stage", "dpo", "--config", str(config), env=fault("checkpoint:4"))
+    assert killed.returncode == KILLED
     changed = run_cli("stage", "dpo", "--config", str(config), "dpo.beta=0.3")
     assert changed.returncode == 2
     assert "holds checkpoints of this stage with a different configuration" in changed.stderr

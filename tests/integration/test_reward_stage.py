@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reward_models.learned import LearnedRewardModel
-from tests.helpers import accelerate_launch, logged_losses, run_cli, write_config
+from tests.helpers import KILLED, accelerate_launch, fault, logged_losses, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -121,17 +121,28 @@ def test_reward_without_sft_artifact_is_a_clear_error(tmp_path: Path, tiny_model
     assert "is not a complete artifact. Run the SFT stage first" in result.stderr
 
 
-def test_reward_exact_resume(tmp_path: Path, sft_then_reward: tuple[Path, Path]) -> None:
+def test_reward_killed_while_staging_its_artifact_resumes_exactly(
+    tmp_path: Path, sft_then_reward: tuple[Path, Path]
+) -> None:
+    """SIGKILL with the model and diagnostics in the staging folder, before MANIFEST.json: no artifact; the resumed
+    run (from checkpoint-4: the finished run's last checkpoint is passed over) logs the same losses and publishes
+    the same diagnostics and normalisation as the uninterrupted run."""
     base, _ = sft_then_reward
     config = write_config(tmp_path, reward__init_from=str(base / "run" / "sft"))
-    killed = run_cli(
-        "stage", "reward", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"}
-    )
-    assert killed.returncode == 137, killed.stderr[-3000:]
+    killed = run_cli("stage", "reward", "--config", str(config), env=fault("staged"))
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+    assert not (tmp_path / "run" / "reward").exists()
+    assert (tmp_path / "run" / ".reward.staging" / "diagnostics.json").is_file()
     resumed = run_cli("stage", "reward", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'run' / '.work' / 'reward' / 'checkpoint-4'}" in resumed.stderr
     reference = logged_losses(base / "run" / "reward")
     assert logged_losses(tmp_path / "run" / "reward") == pytest.approx(reference, abs=1e-5)
+    published = json.loads((tmp_path / "run" / "reward" / "diagnostics.json").read_text())
+    expected = json.loads((base / "run" / "reward" / "diagnostics.json").read_text())
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert published[key] == pytest.approx(value, abs=1e-5), key
 
 
 def test_reward_under_zero2_two_processes(tmp_path: Path, sft_then_reward: tuple[Path, Path]) -> None:

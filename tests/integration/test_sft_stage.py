@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import logged_losses, run_cli, write_config
+from tests.helpers import KILLED, fault, logged_losses, run_cli, write_config
 from tests.wandb_offline import find_run_files, summarise
 
 pytestmark = pytest.mark.integration
@@ -48,20 +48,45 @@ def test_smoke_publishes_a_complete_artifact(smoke_run: tuple[Path, str], tiny_m
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
 
 
-def test_published_model_loads_back_and_generates(smoke_run: tuple[Path, str]) -> None:
+def test_published_model_loads_back_whole_and_prefers_the_trained_answers(
+    smoke_run: tuple[Path, str], tiny_model_dir: Path
+) -> None:
+    """from_pretrained on the artifact loads every published tensor as written (no key left to random init), and
+    the loaded model gives the training set's answers a higher likelihood than the untrained model did."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     artifact = smoke_run[0] / "sft"
     tokenizer = AutoTokenizer.from_pretrained(artifact)
-    model = AutoModelForCausalLM.from_pretrained(artifact, use_safetensors=True)
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Say hi"}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
+    model, info = AutoModelForCausalLM.from_pretrained(
+        artifact, use_safetensors=True, output_loading_info=True
     )
-    out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
-    assert out.shape[1] == prompt["input_ids"].shape[1] + 4 or tokenizer.eos_token_id in out[0].tolist()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    written = load_file(artifact / "model.safetensors")
+    loaded = model.state_dict()
+    for name, tensor in written.items():
+        assert torch.equal(loaded[name], tensor), name
+    untrained = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_safetensors=True)
+    rows = [
+        json.loads(line)
+        for line in (smoke_run[0] / ".work" / "sft" / "data" / "train.jsonl").read_text().splitlines()[:8]
+    ]
+
+    def answer_log_likelihood(candidate: torch.nn.Module) -> float:
+        total = 0.0
+        for row in rows:
+            prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True)["input_ids"]
+            whole = tokenizer.apply_chat_template(row["prompt"] + row["completion"])["input_ids"]
+            assert whole[: len(prompt)] == prompt
+            ids = torch.tensor([whole])
+            with torch.no_grad():
+                logits = candidate(input_ids=ids).logits[0, :-1]
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            targets = ids[0, 1:]
+            answer = slice(len(prompt) - 1, None)  # positions predicting the answer's tokens
+            total += log_probs[answer].gather(-1, targets[answer, None]).sum().item()
+        return total / len(rows)
+
+    assert answer_log_likelihood(model) > answer_log_likelihood(untrained) + 1.0
 
 
 def test_wandb_offline_run_has_metrics_group_and_artifacts(smoke_run: tuple[Path, str]) -> None:
@@ -108,25 +133,56 @@ def test_force_trains_a_finished_stage_again_from_the_start(
     assert losses == pytest.approx(logged_losses(smoke_run[0] / "sft"), abs=1e-5)
 
 
-def test_exact_resume_after_kill_matches_uninterrupted(tmp_path: Path, smoke_run: tuple[Path, str]) -> None:
+def test_kill_during_a_checkpoint_save_resumes_from_the_last_complete_one(
+    tmp_path: Path, smoke_run: tuple[Path, str]
+) -> None:
+    """SIGKILL after checkpoint-8's files are written but before its COMPLETE marker: the resumed run removes it,
+    resumes from checkpoint-4 and logs the uninterrupted run's losses."""
     config = write_config(tmp_path)
-    killed = run_cli("stage", "sft", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"})
-    assert killed.returncode == 137, killed.stderr[-3000:]
+    killed = run_cli("stage", "sft", "--config", str(config), env=fault("checkpoint-written:8"))
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+    work = tmp_path / "run" / ".work" / "sft"
     assert not (tmp_path / "run" / "sft").exists()
-    assert (tmp_path / "run" / ".work" / "sft" / "checkpoint-4" / "COMPLETE").is_file()
+    assert (work / "checkpoint-4" / "COMPLETE").is_file()
+    assert (work / "checkpoint-8").is_dir() and not (work / "checkpoint-8" / "COMPLETE").exists()
     resumed = run_cli("stage", "sft", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
+    assert f"removed what an interrupted run left: {work / 'checkpoint-8'}" in resumed.stderr
+    assert f"resuming from {work / 'checkpoint-4'}" in resumed.stderr
     resumed_losses = logged_losses(tmp_path / "run" / "sft")
     reference_losses = logged_losses(smoke_run[0] / "sft")
     assert len(resumed_losses) == len(reference_losses) == 8
     assert resumed_losses == pytest.approx(reference_losses, abs=1e-5)
 
 
+def test_kill_while_publishing_leaves_no_artifact_and_the_resume_publishes_the_same_model(
+    tmp_path: Path, smoke_run: tuple[Path, str]
+) -> None:
+    """SIGKILL with MANIFEST.json written into the staging folder but before the rename: no artifact, a staging
+    folder; the resumed run removes it and publishes weights equal to the uninterrupted run's."""
+    config = write_config(tmp_path)
+    killed = run_cli("stage", "sft", "--config", str(config), env=fault("publishing"))
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "sft").exists()
+    staging = run_dir / ".sft.staging"
+    assert (staging / "MANIFEST.json").is_file() and (staging / "model.safetensors").is_file()
+    resumed = run_cli("stage", "sft", "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"removed what an interrupted run left: {staging}" in resumed.stderr
+    assert not list(run_dir.glob(".sft.*")), list(run_dir.glob(".sft.*"))
+    assert logged_losses(run_dir / "sft") == pytest.approx(logged_losses(smoke_run[0] / "sft"), abs=1e-5)
+    published = load_file(run_dir / "sft" / "model.safetensors")
+    reference = load_file(smoke_run[0] / "sft" / "model.safetensors")
+    assert published.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(published[name], tensor, atol=1e-5, rtol=0, msg=name)
+
+
 def test_changed_config_refuses_to_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
     config = write_config(tmp_path)
-    killed = run_cli("stage", "sft", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "4"})
-    assert killed.returncode == 137
+    killed = run_cli("stage", "sft", "--config", str(config), env=fault("checkpoint:4"))
+    assert killed.returncode == KILLED
     changed = run_cli("stage", "sft", "--config", str(config), "sft.learning_rate=0.01")
     assert changed.returncode == 2
     assert "different configuration" in changed.stderr and "--restart" in changed.stderr

@@ -66,3 +66,76 @@ def test_lineage_follows_inputs(tmp_path: Path) -> None:
     assert [item["stage"] for item in chain] == ["dpo", "sft", "reward"]
     record = json.loads((dpo / artifacts.MANIFEST).read_text())["inputs"]["policy"]
     assert record["manifest_hash"] == artifacts.manifest_hash(sft)
+
+
+def test_clean_interrupted_removes_unmarked_checkpoints_and_staging_but_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    work = tmp_path / ".work" / "sft"
+    for step, marked in ((4, True), (8, False)):
+        (work / f"checkpoint-{step}").mkdir(parents=True)
+        (work / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if marked:
+            artifacts.mark_checkpoint_complete(work / f"checkpoint-{step}")
+    (work / "data").mkdir()
+    staging = tmp_path / ".sft.staging"
+    retired = tmp_path / ".sft.retired-1700000000000"
+    other = tmp_path / ".dpo.staging"
+    for folder in (staging, retired, other):
+        folder.mkdir()
+    removed = artifacts.clean_interrupted(work, tmp_path / "sft")
+    assert sorted(removed) == sorted([work / "checkpoint-8", staging, retired])
+    assert (work / "checkpoint-4" / "COMPLETE").is_file() and (work / "data").is_dir()
+    assert other.is_dir()  # another stage's staging folder is that stage's business
+    assert artifacts.clean_interrupted(work, tmp_path / "sft") == []
+
+
+def test_marker_and_manifest_are_written_after_fsyncing_what_they_vouch_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file of a checkpoint (and of a staged artifact) is fsynced before its marker (manifest) is written,
+    and the folder after it."""
+    synced: list[str] = []
+    real_fsync = artifacts.fsync_path
+
+    def record(path: str | Path) -> None:
+        synced.append(Path(path).name)
+        real_fsync(path)
+
+    monkeypatch.setattr(artifacts, "fsync_path", record)
+    checkpoint = tmp_path / "checkpoint-2"
+    (checkpoint / "sub").mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"w")
+    (checkpoint / "sub" / "optimizer.pt").write_bytes(b"o")
+    artifacts.mark_checkpoint_complete(checkpoint)
+    assert {"model.safetensors", "optimizer.pt", "sub"} <= set(synced[: synced.index("checkpoint-2")])
+    assert synced[-1] == "checkpoint-2"  # the folder again, now with COMPLETE in it
+    synced.clear()
+    staging = tmp_path / ".model.staging"
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"w")
+    artifacts.publish(staging, tmp_path / "model", {"stage": "sft"})
+    assert synced.index("model.safetensors") < synced.index(".model.staging")
+    assert synced[-1] == tmp_path.name  # the parent, after the rename
+
+
+def test_fault_point_kills_at_the_named_point_and_step_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    kills: list[int] = []
+    monkeypatch.setattr(artifacts.os, "kill", lambda pid, sig: kills.append(sig))
+    monkeypatch.setenv(artifacts.FAULT_ENV, "checkpoint-written:8")
+    artifacts.fault_point("checkpoint-written", 4)
+    artifacts.fault_point("checkpoint", 8)
+    artifacts.fault_point("publishing")
+    assert kills == []
+    artifacts.fault_point("checkpoint-written", 8)
+    assert kills == [signal.SIGKILL]
+    monkeypatch.setenv(artifacts.FAULT_ENV, "publishing")
+    artifacts.fault_point("publishing")
+    assert kills == [signal.SIGKILL, signal.SIGKILL]
+    monkeypatch.setenv(artifacts.FAULT_ENV, "chekpoint:4")
+    with pytest.raises(ValueError, match="unknown point 'chekpoint'"):
+        artifacts.fault_point("data")

@@ -214,10 +214,15 @@ def test_table_shows_the_ratio_or_why_there_is_none() -> None:
     assert "- tiny ppo loop 3.0 s: generation 1.0 s (MFU 4.0%), training 2.0 s (MFU 50.0%)" in text
 
 
-def test_matmul_peak_is_a_positive_rate() -> None:
+def test_matmul_peak_is_the_best_burst_in_flops_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 size^3 FLOPs per product over the fastest burst's seconds per product: a fake clock makes the bursts last
+    3, 1 and 2 s of 2 products each, so the best is 0.5 s per product."""
     import torch
 
-    assert stages.matmul_peak(torch.float32, size=64, repeats=2) > 0
+    ticks = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])
+    monkeypatch.setattr(stages.time, "perf_counter", lambda: next(ticks))
+    peak = stages.matmul_peak(torch.float32, size=64, repeats=3, burst=2)
+    assert peak == pytest.approx(2 * 64**3 / 0.5)
 
 
 def test_rloo_counts_like_grpo_with_its_old_log_prob_pass_always() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli, write_config
+from tests.helpers import KILLED, fault, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +87,8 @@ def test_ppo_on_the_engine_resumes_at_the_same_iteration_and_kl_controller(sft: 
         "ppo.target_kl=0.01",
         "ppo.kl_horizon=40",
     )
-    killed, out = ppo(tmp_path, sft, *settings, env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "2"})
-    assert killed.returncode == 137, killed.stderr[-3000:]
+    killed, out = ppo(tmp_path, sft, *settings, env=fault("checkpoint:2"))
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
     resumed, out = ppo(tmp_path, sft, *settings)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed at iteration 2" in resumed.stderr
