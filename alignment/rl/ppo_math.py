@@ -284,6 +284,38 @@ def plan_batches(
     return BatchPlan(rollout_batch_size, micro_batch_size, gradient_accumulation_steps, num_processes)
 
 
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the prompt stream stands: a pass over the prompts (each pass a fixed permutation, seeded by the pass
+    number) and the prompts of that pass already consumed. Independent of the number of processes, so a resume on
+    another world size continues where the checkpoint stopped."""
+
+    data_pass: int = 0
+    offset: int = 0
+
+    def next_batch(self, global_batch: int, prompt_count: int) -> DataPosition:
+        """Where the next batch of `global_batch` prompts starts: here, or at the next pass when fewer than
+        `global_batch` prompts of this pass remain (a batch never spans two passes: the pass's rest is dropped)."""
+        if global_batch > prompt_count:
+            raise ValueError(f"a batch of {global_batch} prompts out of {prompt_count}")
+        if self.offset + global_batch > prompt_count:
+            return DataPosition(self.data_pass + 1, 0)
+        return self
+
+    def after(self, global_batch: int, prompt_count: int) -> DataPosition:
+        """The position once the next batch is consumed."""
+        start = self.next_batch(global_batch, prompt_count)
+        return DataPosition(start.data_pass, start.offset + global_batch)
+
+    @classmethod
+    def at_iteration(cls, iteration: int, global_batch: int, prompt_count: int) -> DataPosition:
+        """The position after `iteration` batches of a constant `global_batch` (checkpoints that predate the
+        recorded position)."""
+        per_pass = prompt_count // global_batch
+        data_pass, batches = divmod(iteration, per_pass)
+        return cls(data_pass, batches * global_batch)
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 

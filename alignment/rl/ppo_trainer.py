@@ -21,13 +21,16 @@ The KL coefficient is fixed or follows Ziegler et al.'s adaptive controller. The
 This is a plain Accelerate loop rather than a `transformers.Trainer` subclass: PPO's rollout -> several epochs
 -> next rollout cycle does not map onto Trainer's one-batch-one-step loop without hiding the algorithm. It keeps
 the surface the stage lifecycle needs (`train`, `save_model`, `state.log_history`), and its checkpoints hold
-everything an exact resume needs: weights, optimiser, KL-controller state, iteration (the data position and the
-sampling seeds are functions of the iteration).
+everything an exact resume needs: weights, optimiser, KL-controller state, iteration and data position (the
+sampling seeds are functions of the iteration). A resume on another number of processes (a requeue onto another
+node count) carries all of it over and continues the prompt stream where the checkpoint stopped; only DeepSpeed's
+per-process ZeRO shards cannot be read by another count, and that resume is refused with what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -203,6 +206,8 @@ class Rollout:
 class TrainerState:
     iteration: int = 0
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    data_position: pm.DataPosition = field(default_factory=pm.DataPosition)
+    """Where the next iteration's prompts start (see `PPOTrainer._prompt_rows`)."""
 
 
 @dataclass
@@ -491,16 +496,14 @@ class PPOTrainer:
             return float(value)
         return float(self.accelerator.reduce(value.float().reshape(1).contiguous(), reduction="max")[0])
 
-    def _prompt_rows(self, iteration: int) -> list[dict[str, Any]]:
-        """This process's prompts for an iteration: a fixed permutation per pass over the data, so that the data
-        position is a function of the iteration (exact resume needs no sampler state)."""
-        global_batch = self.plan.global_rollout_batch_size
-        per_pass = len(self.prompts) // global_batch
-        data_pass, offset = divmod(iteration, per_pass)
-        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + data_pass)
+    def _prompt_rows(self, position: pm.DataPosition) -> list[dict[str, Any]]:
+        """This process's prompts for the global batch that starts at `position`: a fixed permutation per pass over
+        the data, each process taking its slice of the batch (exact resume needs only the position)."""
+        start = position.next_batch(self.plan.global_rollout_batch_size, len(self.prompts))
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + start.data_pass)
         order = torch.randperm(len(self.prompts), generator=generator).tolist()
-        start = offset * global_batch + self.accelerator.process_index * self.plan.rollout_batch_size
-        return [self.prompts[i] for i in order[start : start + self.plan.rollout_batch_size]]
+        first = start.offset + self.accelerator.process_index * self.plan.rollout_batch_size
+        return [self.prompts[i] for i in order[first : first + self.plan.rollout_batch_size]]
 
     def _seed(self, iteration: int, salt: int = 0) -> int:
         return (self.args.seed * 7919 + iteration) * 1009 + self.accelerator.process_index * 31 + salt
@@ -936,7 +939,7 @@ class PPOTrainer:
         samples_table: list[dict[str, Any]] = []
         for iteration in range(start_iteration, self.total_iterations):
             started = time.perf_counter()
-            rollout = self.rollout(self._prompt_rows(iteration), iteration)
+            rollout = self.rollout(self._prompt_rows(self.state.data_position), iteration)
             stats = self.compute_advantages(rollout)
             train_started = time.perf_counter()
             stats.update(self.update(rollout, iteration))
@@ -977,6 +980,9 @@ class PPOTrainer:
                     )
                 )
             self.state.iteration = iteration + 1
+            self.state.data_position = self.state.data_position.after(
+                self.plan.global_rollout_batch_size, len(self.prompts)
+            )
             self.state.log_history.append(stats)
             if self.accelerator.is_main_process:
                 if args.logging_steps and (iteration + 1) % max(1, int(args.logging_steps)) == 0:
@@ -1057,14 +1063,16 @@ class PPOTrainer:
                 "scheduler": self.scheduler.state_dict(),
                 "log_history": self.state.log_history,
                 "world_size": self.accelerator.num_processes,
+                "data_position": dataclasses.asdict(self.state.data_position),
             }
             artifacts.write_json_atomic(checkpoint / STATE_FILE, state)
         self.accelerator.wait_for_everyone()
+        artifacts.fault_point("checkpoint-written", iteration)
         if self.accelerator.is_main_process:
             artifacts.mark_checkpoint_complete(checkpoint)
             self._rotate_checkpoints(checkpoint)
         self.accelerator.wait_for_everyone()
-        artifacts.exit_if_fault_injected(iteration)
+        artifacts.fault_point("checkpoint", iteration)
 
     def _rotate_checkpoints(self, keep: Path) -> None:
         limit = self.args.save_total_limit or 2
@@ -1079,11 +1087,33 @@ class PPOTrainer:
         from safetensors.torch import load_file
 
         state = json.loads((checkpoint / STATE_FILE).read_text())
-        if state["world_size"] != self.accelerator.num_processes:
+        written_by, processes = int(state["world_size"]), self.accelerator.num_processes
+        if written_by != processes and self.deepspeed:
             raise ValueError(
-                f"{checkpoint} was written by {state['world_size']} processes, this run has "
-                f"{self.accelerator.num_processes}; resume with the same number (the data position and sampling "
-                "seeds depend on it), or pass --restart"
+                f"{checkpoint} holds DeepSpeed ZeRO shards of the optimiser state written by {written_by} processes; "
+                f"this run has {processes}, and DeepSpeed reads such shards only on the count that wrote them. "
+                f"Resume on {written_by} processes (accelerate launch --num_processes {written_by}), or pass "
+                "--restart to train from the start on this count"
+            )
+        if "data_position" in state:
+            position = pm.DataPosition(**state["data_position"])
+        else:  # written before the position was recorded: it follows from the iteration and the batch then
+            position = pm.DataPosition.at_iteration(
+                int(state["iteration"]), written_by * self.plan.rollout_batch_size, len(self.prompts)
+            )
+        if written_by != processes:
+            logger.warning(
+                "[ppo] %s was written by %d processes, this run has %d: weights, optimiser, scheduler and KL "
+                "controller carry over, the prompts continue at pass %d, prompt %d, and each iteration now takes "
+                "%d prompts (%d per process); sampling differs from a run on %d processes from here on",
+                checkpoint,
+                written_by,
+                processes,
+                position.data_pass,
+                position.offset,
+                self.plan.global_rollout_batch_size,
+                self.plan.rollout_batch_size,
+                written_by,
             )
         if self.deepspeed:
             self.model.load_checkpoint(str(checkpoint), tag="engine", load_lr_scheduler_states=False)
@@ -1101,6 +1131,7 @@ class PPOTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.state.iteration = int(state["iteration"])
+        self.state.data_position = position
         self.state.log_history = list(state["log_history"])
         logger.info("[ppo] resumed at iteration %d from %s", self.state.iteration, checkpoint)
 

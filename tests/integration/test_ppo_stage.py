@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, accelerate_launch, logged_losses, run_cli, write_config
+from tests.helpers import KILLED, REPO, accelerate_launch, fault, logged_losses, run_cli, write_config
 from tests.wandb_offline import find_run_files, summarise
 
 pytestmark = pytest.mark.integration
@@ -111,17 +111,22 @@ def test_ppo_logs_to_wandb(ppo_run: tuple[Path, Path]) -> None:
     assert "samples/path" in history  # the table of sample completions (a media file)
 
 
-def test_ppo_resumes_exactly_after_a_kill(
+def test_ppo_resumes_exactly_after_a_kill_during_a_checkpoint_save(
     ppo_run: tuple[Path, Path], tmp_path: Path, sft_and_rm: Path
 ) -> None:
+    """SIGKILL after checkpoint-3's files are written, before its COMPLETE marker: the resume removes it, starts
+    from checkpoint-2 and logs what the uninterrupted run logged."""
     reference_tmp, _ = ppo_run
     reference = logged_losses(reference_tmp / "run" / "ppo")
-    config = _config(tmp_path, sft_and_rm)
-    killed = run_cli("stage", "ppo", "--config", str(config), env={"ALIGNMENT_FAULT_AFTER_CHECKPOINT": "2"})
-    assert killed.returncode == 137, killed.stderr[-3000:]
-    assert (tmp_path / "run" / ".work" / "ppo" / "checkpoint-2" / "COMPLETE").is_file()
+    config = _config(tmp_path, sft_and_rm, ppo__save_steps=1)
+    killed = run_cli("stage", "ppo", "--config", str(config), env=fault("checkpoint-written:3"))
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+    work = tmp_path / "run" / ".work" / "ppo"
+    assert (work / "checkpoint-2" / "COMPLETE").is_file()
+    assert (work / "checkpoint-3").is_dir() and not (work / "checkpoint-3" / "COMPLETE").exists()
     resumed = run_cli("stage", "ppo", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"removed what an interrupted run left: {work / 'checkpoint-3'}" in resumed.stderr
     assert "resumed at iteration 2" in resumed.stderr
     losses = logged_losses(tmp_path / "run" / "ppo")
     assert len(losses) == len(reference) == 4
@@ -130,6 +135,35 @@ def test_ppo_resumes_exactly_after_a_kill(
     reference_history = json.loads((reference_tmp / "run" / "ppo" / "log_history.json").read_text())
     for key in ("reward/score", "objective/kl", "objective/kl_coef"):
         assert [h[key] for h in history] == pytest.approx([h[key] for h in reference_history], abs=1e-5)
+
+
+def test_ppo_written_by_two_processes_resumes_on_one(sft_and_rm: Path, tmp_path: Path) -> None:
+    """A requeue onto fewer processes: 2 DDP processes are killed after checkpoint-1 (8 prompts consumed); one
+    process resumes it, carrying weights, optimiser and KL controller over and continuing the prompts at 8."""
+    config = _config(tmp_path, sft_and_rm)
+    settings = ("ppo.max_steps=3", "ppo.save_steps=1", "ppo.rollout_batch_size=4")
+    killed = accelerate_launch(
+        "cpu_ddp.yaml",
+        "alignment.stages.ppo",
+        "--config",
+        str(config),
+        *settings,
+        extra=("--num_processes", "2"),
+        env=fault("checkpoint:1"),
+    )
+    assert killed.returncode != 0
+    checkpoint = tmp_path / "run" / ".work" / "ppo" / "checkpoint-1"
+    state = json.loads((checkpoint / "ppo_state.json").read_text())
+    assert state["world_size"] == 2 and state["data_position"] == {"data_pass": 0, "offset": 8}
+    resumed = run_cli("stage", "ppo", "--config", str(config), *settings)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"{checkpoint} was written by 2 processes, this run has 1" in resumed.stderr
+    assert "the prompts continue at pass 0, prompt 8" in resumed.stderr
+    manifest = json.loads((tmp_path / "run" / "ppo" / "MANIFEST.json").read_text())
+    assert manifest["world_size"] == 1
+    history = json.loads((tmp_path / "run" / "ppo" / "log_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert history[0] == state["log_history"][0]  # iteration 1 came from the two-process checkpoint
 
 
 def test_keeping_the_critic_trunk_changes_no_logged_figure(sft_and_rm: Path, tmp_path: Path) -> None:
@@ -306,16 +340,26 @@ def test_ppo_under_two_process_deepspeed_saves_a_loadable_policy(
     accelerate_config: str, sft_and_rm: Path, tmp_path: Path
 ) -> None:
     config = _config(tmp_path, sft_and_rm)
-    result = accelerate_launch(
-        accelerate_config,
-        "alignment.stages.ppo",
-        "--config",
-        str(config),
-        "ppo.max_steps=2",
-        "ppo.save_steps=1",
-        "ppo.rollout_batch_size=4",
-        extra=("--num_processes", "2", "--mixed_precision", "no"),
-    )
+    settings = ("ppo.max_steps=2", "ppo.save_steps=1", "ppo.rollout_batch_size=4")
+
+    def launch(processes: int, env: dict | None = None) -> subprocess.CompletedProcess:
+        return accelerate_launch(
+            accelerate_config,
+            "alignment.stages.ppo",
+            "--config",
+            str(config),
+            *settings,
+            extra=("--num_processes", str(processes), "--mixed_precision", "no"),
+            env=env,
+        )
+
+    if accelerate_config == "zero2.yaml":  # killed, then resumed on another count: refused, saying what to do
+        assert launch(2, fault("checkpoint:1")).returncode != 0
+        refused = launch(1)
+        assert refused.returncode != 0
+        assert "DeepSpeed ZeRO shards of the optimiser state written by 2 processes" in refused.stderr
+        assert "Resume on 2 processes" in refused.stderr
+    result = launch(2)
     assert result.returncode == 0, result.stderr[-4000:]
     artifact = tmp_path / "run" / "ppo"
     manifest = json.loads((artifact / "MANIFEST.json").read_text())

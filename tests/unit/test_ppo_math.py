@@ -195,3 +195,27 @@ def test_last_positions_index_the_tail_and_give_the_lm_head_a_contiguous_input(t
     torch.testing.assert_close(by_index, by_slice)
     assert by_index.shape == (3, 4, model.config.vocab_size)
     assert not inputs[0].is_contiguous() and inputs[1].is_contiguous()
+
+
+def test_data_position_matches_the_constant_batch_layout_and_never_spans_passes() -> None:
+    """With one batch size the position after i batches is (pass i // per_pass, offset (i % per_pass) x batch): a
+    pass's last N mod batch prompts are dropped. A resume with another batch size continues inside the pass."""
+    position = pm.DataPosition()
+    starts = []
+    for _ in range(7):
+        start = position.next_batch(16, 40)
+        starts.append((start.data_pass, start.offset))
+        position = position.after(16, 40)
+    assert starts == [(0, 0), (0, 16), (1, 0), (1, 16), (2, 0), (2, 16), (3, 0)]
+    for iteration in range(7):
+        expected = pm.DataPosition()
+        for _ in range(iteration):
+            expected = expected.after(16, 40)
+        at = pm.DataPosition.at_iteration(iteration, 16, 40)
+        assert at.next_batch(16, 40) == expected.next_batch(16, 40)
+    resumed = pm.DataPosition(1, 16)  # 2 processes x 8 stopped here; 1 process x 8 goes on
+    assert resumed.next_batch(8, 40) == pm.DataPosition(1, 16)
+    assert resumed.after(8, 40).after(8, 40).after(8, 40) == pm.DataPosition(1, 40)
+    assert resumed.after(8, 40).after(8, 40).after(8, 40).next_batch(8, 40) == pm.DataPosition(2, 0)
+    with pytest.raises(ValueError):
+        pm.DataPosition().next_batch(41, 40)
