@@ -256,6 +256,33 @@ def test_slurm_executor_writes_the_sbatch_script_and_follows_the_job(tmp_path: P
     assert [c[0] for c in cancelled.commands[scancel + 1 :]] == ["squeue", "squeue", "squeue"]
 
 
+def test_slurm_executor_keeps_following_a_job_through_squeue_errors_and_accounting_lag(
+    tmp_path: Path,
+) -> None:
+    """squeue failing (the controller did not answer) says nothing about the job, and sacct may still show a job
+    RUNNING just after squeue dropped it: neither is the job's end, and neither is a failure."""
+    answers = {
+        "squeue": [(1, "", "squeue: error: slurm_load_jobs error: Socket timed out on send/recv operation"),
+                   (0, "RUNNING\n", ""), (1, "", "slurm_load_jobs error: Invalid job id specified"),
+                   (0, "", "")],
+        "sacct": [(0, "RUNNING|0:0\n", ""), (0, "COMPLETED|0:0\n", "")],
+    }  # fmt: skip
+    commands: list[list[str]] = []
+
+    def slurm(command: list[str]) -> subprocess.CompletedProcess:
+        commands.append(command)
+        code, out, err = answers[command[0]].pop(0) if command[0] in answers else (0, "4242\n", "")
+        return subprocess.CompletedProcess(command, code, out, err)
+
+    config = _config(
+        tmp_path, executor="slurm", slurm_template=str(REPO / "launch/slurm/service_round.sbatch")
+    )
+    executor = SlurmExecutor(config.rounds, {}, runner=slurm, poll=0)
+    jobs: list[str] = []
+    assert executor.run(tmp_path / "round.yaml", tmp_path / "round.log", None, jobs.append, lambda: True) == 0
+    assert jobs == ["slurm:4242"] and not answers["squeue"] and not answers["sacct"]
+
+
 def test_a_dead_workers_local_pipeline_is_killed_before_the_round_resumes() -> None:
     leftover = subprocess.Popen(["sleep", "120"], start_new_session=True)
     codes: list[int] = []
