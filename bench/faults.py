@@ -1,11 +1,12 @@
 """Fault injection: each stage killed (SIGKILL) at random moments, then resumed; is every artifact complete and
 equal to an uninterrupted run's?
 
-    python -m bench faults [--stages sft,reward,dpo,ppo] [--kills 20] [--no-points] [--seed 0]
+    python -m bench faults [--stages sft,reward,dpo,ppo,grpo,rloo] [--kills 20] [--no-points] [--seed 0]
         [--out runs/bench/faults]
 
-1. On the smoke pipeline (tiny random model, fp32, W&B offline): an SFT run that the other stages start from, then
-   one uninterrupted reference run of each stage, timed from launch to exit (imports, data preparation, training,
+1. On the smoke pipeline (tiny random model, fp32, W&B offline; GRPO and RLOO for 4 steps, not 2, so that a
+   checkpoint precedes the last step): an SFT run that the other stages start from, then one uninterrupted
+   reference run of each stage, timed from launch to exit (imports, data preparation, training,
    checkpoints, publishing).
 2. For each stage, `--kills` runs in fresh output folders, each killed with SIGKILL (its whole process group) at a
    moment drawn uniformly from launch to 95% of the reference's wall time. Where the kill landed is read from what
@@ -40,7 +41,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("sft", "reward", "dpo", "ppo")
+STAGES = ("sft", "reward", "dpo", "ppo", "grpo", "rloo")
 LOSS_TOLERANCE = 1e-5
 
 
@@ -49,8 +50,10 @@ def stage_config(out: Path, sft_artifact: Path | None) -> Path:
     config = yaml.safe_load((REPO / "configs" / "pipelines" / "smoke.yaml").read_text())
     config["output_dir"] = str(out / "run")
     config["tracking"] = {"mode": "offline", "project": "alignment-bench-faults"}
+    for stage in ("grpo", "rloo"):
+        config[stage]["max_steps"] = 4
     if sft_artifact is not None:
-        for stage in ("reward", "dpo", "ppo"):
+        for stage in STAGES[1:]:
             config[stage]["init_from"] = str(sft_artifact)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "pipeline.yaml"

@@ -66,7 +66,9 @@ def test_weight_difference_and_losses(tmp_path: Path) -> None:
     assert faults.losses(ours) == [1.0]
 
 
-@pytest.mark.parametrize(("stage", "expected_step"), [("sft", 4), ("reward", 4), ("dpo", 4), ("ppo", 2)])
+@pytest.mark.parametrize(
+    ("stage", "expected_step"), [("sft", 4), ("reward", 4), ("dpo", 4), ("ppo", 2), ("grpo", 2), ("rloo", 2)]
+)
 def test_named_points_take_the_last_checkpoint_before_the_final_step(
     tmp_path: Path, stage: str, expected_step: int
 ) -> None:
