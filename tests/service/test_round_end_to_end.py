@@ -134,8 +134,37 @@ def test_a_round_runs_end_to_end_and_survives_its_worker_being_killed(
         assert manifest["data"]["train"] and lineage[link]["manifest_hash"]
     round_yaml = yaml.safe_load((Path(done["output_dir"]) / "round.yaml").read_text())
     assert round_yaml["dpo"]["data"]["source"] == f"service:{name}@{done['snapshot']}"
-    assert 0.0 <= done["metrics"]["rm_heldout_accuracy"] <= 1.0
+    _assert_rm_accuracy_is_the_held_out_accuracy(done, Path(done["output_dir"]) / "round.yaml")
     assert done["metrics"]["dpo_eval_reward_accuracy"] is not None
     assert Path(done["logs_path"]).is_file() and lineage["eval"]["path"].endswith("summary.json")
     snapshot_rows = (server.snapshot_dir / name / done["snapshot"] / "pairs.jsonl").read_text().splitlines()
     assert len(snapshot_rows) == 40
+
+
+def _assert_rm_accuracy_is_the_held_out_accuracy(done: dict, round_yaml: Path) -> None:
+    """The round's recorded RM accuracy is the one in its artifacts, and it is what the trained RM scores on the
+    held-out pairs the reward stage split off (the file whose hash its manifest records), scored here one pair at
+    a time: chosen above rejected counts 1, a tie (|margin| < 1e-4) 1/2."""
+    from alignment.data.snapshot import content_hash
+    from alignment.precision import inference_dtype
+    from reward_models.learned import LearnedRewardModel
+
+    recorded = done["metrics"]["rm_heldout_accuracy"]
+    reward = Path(done["lineage"]["reward"]["path"])
+    manifest = json.loads((reward / "MANIFEST.json").read_text())
+    summary = json.loads((Path(done["output_dir"]) / "summary.json").read_text())
+    assert recorded == summary["rm_heldout_accuracy"] == manifest["metrics"]["heldout_accuracy"]
+    data = Path(done["output_dir"]) / ".work" / "reward" / "data"
+    held_out_path = data / "train_eval.jsonl"
+    held_out = [json.loads(line) for line in held_out_path.read_text().splitlines()]
+    assert content_hash(held_out) == manifest["data"]["train_eval"]  # the split the stage recorded
+    assert len(held_out) == manifest["metrics"]["heldout_pairs"] == 10  # 40 pairs, eval_fraction 0.25
+    dtype = yaml.safe_load(round_yaml.read_text())["model"]["dtype"]
+    rm = LearnedRewardModel(reward, batch_size=1, dtype=inference_dtype(dtype))
+    credit = 0.0
+    for row in held_out:
+        chosen, rejected = (
+            float(rm.raw_score([row["prompt"]], [row[k][-1]["content"]])[0]) for k in ("chosen", "rejected")
+        )
+        credit += 0.5 if abs(chosen - rejected) < 1e-4 else float(chosen > rejected)
+    assert recorded == pytest.approx(credit / len(held_out), abs=1e-9)
