@@ -9,7 +9,8 @@ equal to an uninterrupted run's?
    reference run of each stage, timed from launch to exit (imports, data preparation, training,
    checkpoints, publishing).
 2. For each stage, `--kills` runs in fresh output folders, each killed with SIGKILL (its whole process group) at a
-   moment drawn uniformly from launch to 95% of the reference's wall time. Where the kill landed is read from what
+   moment drawn uniformly from launch to 95% of the reference's wall time (a run that ends before its moment, the
+   machine being shared, is run again and killed at 0.8 times that moment). Where the kill landed is read from what
    it left: no data snapshot yet (`startup`: imports, model loading, data preparation), a checkpoint without its
    COMPLETE marker (`checkpointing`), a staging folder (`publishing`: final save, metrics, manifest), a complete
    artifact (`published`), else `training`. Kills that land in the short save windows are rare, so (unless
@@ -187,6 +188,12 @@ def trial(
         row["killed"] = code == -signal.SIGKILL
     else:
         row["killed"] = kill_at(start(stage, config, log), moment or 0.0)
+        while not row["killed"] and (moment or 0.0) > 1.0:
+            # the run beat the reference's time (the machine is shared): an earlier moment, in a fresh folder
+            moment = 0.8 * (moment or 0.0)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            row["moment_s"] = moment
+            row["killed"] = kill_at(start(stage, config, log), moment)
     row["landed_in"] = landed_in(run_dir, stage) if row["killed"] else "after exit"
     problems = []
     if (run_dir / stage).exists() and (wrong := whole(run_dir / stage)) is not None:
