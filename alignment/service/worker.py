@@ -185,7 +185,7 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=self.seconds)  # a renewal hanging on an unreachable store is left behind
 
     def alive(self) -> bool:
         if not self._lost.is_set() and time.time() >= self.expires_at:
