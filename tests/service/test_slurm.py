@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.service.executors import SlurmExecutor, run_command
+from alignment.service.executors import SLURM_ACTIVE, SlurmExecutor, run_command
 from alignment.service.settings import RoundsConfig
 from tests.helpers import REPO
 from tests.service.slurm import TemporarySlurm
@@ -140,3 +140,25 @@ def test_a_job_that_ended_before_the_worker_looked_is_recorded_and_its_outcome_r
         f"Slurm job {failed_id} of an earlier attempt ended FAILED (exit 2)"
         in (tmp_path / "round.log").read_text()
     )
+
+
+def test_a_worker_that_lost_its_round_cancels_the_slurm_job_and_returns_once_it_no_longer_runs(
+    slurm_conf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_CONF", str(slurm_conf))
+    template = tmp_path / "long.sbatch"
+    template.write_text("#!/usr/bin/env bash\n# --- round environment ---\nsleep 300\n")
+    config = RoundsConfig(executor="slurm", slurm_template=str(template))
+    executor = SlurmExecutor(config, {}, runner=run_command, poll=0.2)
+    jobs: list[str] = []
+    running: list[bool] = []
+
+    def alive() -> bool:  # the lease is lost once the job runs
+        running.append(bool(jobs) and _job_state(jobs[0].split(":")[1]) == "RUNNING")
+        return not running[-1]
+
+    code = executor.run(tmp_path / "round.yaml", tmp_path / "round.log", None, jobs.append, alive)
+    job_id = jobs[0].split(":")[1]
+    assert code == -9 and running[-1]
+    assert executor.state(job_id) not in SLURM_ACTIVE  # gone from the queue before run returned
+    assert _job_state(job_id) == "CANCELLED"
