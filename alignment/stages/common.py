@@ -436,6 +436,12 @@ def execute(
             "global_step": result.global_step,
             **{k: v for k, v in result.metrics.items() if k != "total_flos"},
         }
+        if (
+            resume_from
+        ):  # transformers averages over this process's steps only; the artifact is the whole run's
+            whole = whole_run_train_loss(trainer.state.log_history, result.global_step)
+            if whole is not None:
+                metrics["train_loss"] = whole
         if trainer.eval_dataset is not None:
             metrics.update(trainer.evaluate())
         model_kind, extra_files = finish(trainer, run, metrics)
@@ -447,6 +453,17 @@ def execute(
         return path
     finally:
         run.tracker.finish(exit_code)
+
+
+def whole_run_train_loss(log_history: list[dict[str, Any]], global_step: int) -> float | None:
+    """The mean training loss over every step of a run from its logged losses (each the mean over the steps since
+    the previous log), or None when the logs do not reach `global_step`."""
+    total, previous = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and entry["step"] > previous:
+            total += entry["loss"] * (entry["step"] - previous)
+            previous = entry["step"]
+    return total / previous if previous and previous == global_step else None
 
 
 def save_policy_weights(trainer: Any, run: StageRun, model_cfg: Any, policy: Any = None) -> str:

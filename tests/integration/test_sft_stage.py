@@ -172,6 +172,10 @@ def test_kill_while_publishing_leaves_no_artifact_and_the_resume_publishes_the_s
     assert f"removed what an interrupted run left: {staging}" in resumed.stderr
     assert not list(run_dir.glob(".sft.*")), list(run_dir.glob(".sft.*"))
     assert logged_losses(run_dir / "sft") == pytest.approx(logged_losses(smoke_run[0] / "sft"), abs=1e-5)
+    # the published train_loss is the whole run's, not the mean over the steps the resumed process trained
+    metrics = json.loads((run_dir / "sft" / "metrics.json").read_text())
+    reference_metrics = json.loads((smoke_run[0] / "sft" / "metrics.json").read_text())
+    assert metrics["train_loss"] == pytest.approx(reference_metrics["train_loss"], abs=1e-5)
     published = load_file(run_dir / "sft" / "model.safetensors")
     reference = load_file(smoke_run[0] / "sft" / "model.safetensors")
     assert published.keys() == reference.keys()

@@ -139,3 +139,18 @@ def test_fault_point_kills_at_the_named_point_and_step_only(
     monkeypatch.setenv(artifacts.FAULT_ENV, "chekpoint:4")
     with pytest.raises(ValueError, match="unknown point 'chekpoint'"):
         artifacts.fault_point("data")
+
+
+def test_whole_run_train_loss_weighs_each_logged_mean_by_its_steps() -> None:
+    from alignment.stages.common import whole_run_train_loss
+
+    history = [
+        {"loss": 4.0, "step": 2},  # the mean over steps 1-2
+        {"eval_loss": 9.0, "step": 2},
+        {"loss": 1.0, "step": 3},
+        {"loss": 2.0, "step": 6},  # the mean over steps 4-6
+        {"train_loss": 7.0, "step": 6},
+    ]
+    assert whole_run_train_loss(history, 6) == pytest.approx((4.0 * 2 + 1.0 + 2.0 * 3) / 6)
+    assert whole_run_train_loss(history, 8) is None  # steps 7-8 were never logged
+    assert whole_run_train_loss([], 0) is None
