@@ -1,4 +1,4 @@
-"""Artifact directories: atomic publish, completeness, checkpoints, lineage.
+"""Artifact directories: atomic publish, completeness, checkpoints, inputs.
 
 An artifact is a directory holding the model (safetensors), tokenizer, `resolved_config.yaml`, `metrics.json`
 and `MANIFEST.json`. The manifest is written last, into a staging directory beside the target, which is then
@@ -63,15 +63,6 @@ def manifest_hash(path: str | Path) -> str:
     return hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()[:16]
 
 
-def staging_dir(final: str | Path) -> Path:
-    """A fresh staging directory beside `final` (same file system, so the publish rename is atomic)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.staging-{os.getpid()}-{int(time.time() * 1000)}"
-    staging.mkdir()
-    return staging
-
-
 def fsync_path(path: str | Path) -> None:
     """Flush a file's data, or a folder's entries (the names renamed or created in it), to the disk."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -131,25 +122,6 @@ def input_record(path: str | Path) -> dict[str, str]:
     """How a stage names an upstream artifact in its manifest: path + the hash of that artifact's manifest."""
     path = Path(path)
     return {"path": str(path.resolve()), "manifest_hash": manifest_hash(path)}
-
-
-def lineage(path: str | Path) -> list[dict[str, Any]]:
-    """The chain of artifacts that produced `path`, itself first, following manifest inputs."""
-    chain: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    frontier = [Path(path)]
-    while frontier:
-        current = frontier.pop(0)
-        key = str(current.resolve())
-        if key in seen or not is_complete(current):
-            continue
-        seen.add(key)
-        manifest = read_manifest(current)
-        chain.append(
-            {"path": key, "stage": manifest.get("stage"), "config_hash": manifest.get("config_hash")}
-        )
-        frontier.extend(Path(item["path"]) for item in manifest.get("inputs", {}).values())
-    return chain
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -379,23 +379,6 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def save_for_publish(model: Any, tokenizer: Any, out: Path, tuning: TuningConfig) -> str:
-    """Save weights (safetensors) and tokenizer; returns what was saved: `full`, `adapter` or `merged`."""
-    import peft
-
-    out.mkdir(parents=True, exist_ok=True)
-    kind = "full"
-    if isinstance(model, peft.PeftModel):
-        if tuning.merge_on_publish and tuning.method in ("lora", "ia3"):
-            model = model.merge_and_unload()
-            kind = "merged"
-        else:
-            kind = "adapter"
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return kind
-
-
 def load_artifact_for_inference(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(model, tokenizer) of a policy artifact for generation: full weights, or base + adapter merged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

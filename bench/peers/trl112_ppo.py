@@ -1,9 +1,9 @@
-"""The peer side of `python -m bench ppo-vs-trl`: TRL 1.12.0's PPOTrainer (`trl.experimental.ppo`, the last TRL
+"""The peer side of `python -m bench ppo`: TRL 1.12.0's PPOTrainer (`trl.experimental.ppo`, the last TRL
 release with PPO) on the same SFT policy, reward model, prompts and settings as ours.
 
 Runs in its own virtual environment (TRL 1.12.0 beside the same torch / transformers / peft versions as the
 project; `make bench-peer-venv` builds it) and imports nothing from `alignment`. The orchestrator
-(bench/ppo_vs_trl.py) writes the prompts and the settings as JSON, runs this script, and evaluates the saved
+(bench/ppo.py) writes the prompts and the settings as JSON, runs this script, and evaluates the saved
 policy with the same code as ours.
 
 What it adapts, and why (each only so that the two trainers optimise the same reward):
