@@ -1,6 +1,7 @@
 """The `alignment` command.
 
-    alignment run configs/pipelines/quickstart.yaml [key=value ...] [--from STAGE] [--dry-run]
+    alignment configs                                  the shipped configs, by name, with what each runs
+    alignment run quickstart [key=value ...] [--from STAGE] [--dry-run]   (a shipped name, or a YAML path)
     alignment stage sft --config configs/pipelines/smoke.yaml [key=value ...]
     alignment models prepare smollm2-135m-instruct
     alignment config show configs/pipelines/smoke.yaml [key=value ...]
@@ -9,8 +10,10 @@
     alignment score --rm rule:tasks --data prompts.jsonl --out scores.jsonl
     alignment eval --policy runs/x/dpo --prompts builtin:tasks --prompts-option split=test --reference runs/x/sft \
         --rm runs/x/reward --gold rule:tasks
-    alignment compare configs/compare/quickstart.yaml [key=value ...] [--dry-run]
+    alignment compare quickstart [key=value ...] [--dry-run]
 
+Relative paths inside a config are relative to that config file; on the command line (key=value), to the current
+directory; `output_dir` and artifact paths (`init_from`, ...) always to the current directory (alignment.config).
 A stage run here is a single process; for several processes use
 `accelerate launch --config_file configs/accelerate/<dist>.yaml -m alignment.stages.<stage> --config ...`.
 """
@@ -47,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alignment {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    commands.add_parser(
+        "configs", help="list the shipped configs: names for run, compare and accelerate_config"
+    )
+
     run = commands.add_parser("run", help="run a pipeline's stages in order, each under accelerate launch")
-    run.add_argument("config", help="pipeline YAML (configs/pipelines/*.yaml)")
+    run.add_argument("config", help="pipeline YAML, or the name of a shipped one (`alignment configs`)")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dpo.beta=0.05")
     run.add_argument("--from", dest="from_stage", help="re-run from this stage (and everything after it)")
     run.add_argument("--dry-run", action="store_true", help="print what would run, and the commands")
@@ -71,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="validate a pipeline config and print it resolved")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_sub.add_parser("show", help="print the resolved config and each stage's config hash")
-    show.add_argument("path")
+    show.add_argument("path", help="pipeline YAML, or the name of a shipped one")
     show.add_argument("overrides", nargs="*")
 
     data = commands.add_parser("data", help="convert and validate a data source")
@@ -109,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="train SFT and the RM once, then every arm of a comparison, evaluate all, write report.md",
     )
-    compare.add_argument("config", help="comparison YAML (configs/compare/*.yaml)")
+    compare.add_argument("config", help="comparison YAML, or the name of a shipped one (`alignment configs`)")
     compare.add_argument("overrides", nargs="*", help="key=value overrides of the comparison config")
     compare.add_argument(
         "--dry-run", action="store_true", help="print the arms and the commands, run nothing"
@@ -136,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     elif extra and args.command not in ("stage", "rm-check"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command == "configs":
+            return _configs()
         if args.command == "run":
+            from alignment.config import find_config
             from alignment.pipeline import run as run_pipeline
 
-            return run_pipeline(args.config, args.overrides, args.from_stage, args.dry_run)
+            path = find_config(args.config, "pipelines")
+            return run_pipeline(path, args.overrides, args.from_stage, args.dry_run)
         if args.command == "stage":
             module = importlib.import_module(STAGE_MODULES[args.stage_name])
             return int(module.main(args.rest) or 0)
@@ -161,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(args)
         if args.command == "compare":
             from alignment.compare import run as run_compare
+            from alignment.config import find_config
 
-            return run_compare(args.config, args.overrides, args.dry_run)
+            path = find_config(args.config, "compare")
+            return run_compare(path, args.overrides, args.dry_run)
         from alignment.service.cli import COMMANDS as SERVICE_COMMANDS
 
         if args.command in SERVICE_COMMANDS:
@@ -184,6 +197,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     parser.print_help()
+    return 0
+
+
+def _configs() -> int:
+    from alignment.config import configs_dir, shipped_configs
+
+    usage = {
+        "pipelines": "alignment run NAME",
+        "compare": "alignment compare NAME",
+        "accelerate": "accelerate_config: NAME",
+    }
+    for kind, how in usage.items():
+        print(f"{kind} ({how}):")
+        for name, (_, description) in shipped_configs(kind).items():
+            print(f"  {name:40s} {description}")
+    print(f"folder: {configs_dir()}")
     return 0
 
 

@@ -45,8 +45,8 @@ def _accelerate_command(pipeline: PipelineConfig, stage: str, resolved: Path, fo
     accelerate_config = Path(pipeline.accelerate_config)
     if not accelerate_config.is_file():
         raise ConfigError(
-            f"{pipeline.source_path}: accelerate_config {accelerate_config} does not exist (run from the repository "
-            "root, or give an absolute path)"
+            f"{pipeline.source_path}: accelerate_config {accelerate_config} does not exist (in a config file a "
+            "relative path is relative to the file's folder; or name a shipped one: `alignment configs`)"
         )
     command = [
         sys.executable,

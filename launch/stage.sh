@@ -12,7 +12,8 @@ stage=$1; pipeline=$2; shift 2
 if [ $# -gt 0 ] && [[ $1 == *.yaml ]]; then
   accel=$1; shift
 else
-  accel=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1])).get('accelerate_config', 'configs/accelerate/cpu.yaml'))" "$pipeline")
+  # the loaded config's path (a shipped name such as `cpu`, or a path relative to the pipeline YAML)
+  accel=$(python -c "import sys; from alignment.config import load_pipeline; print(load_pipeline(sys.argv[1]).accelerate_config)" "$pipeline")
 fi
 # shellcheck disable=SC2086
 exec accelerate launch --config_file "$accel" ${ACCELERATE_ARGS:-} -m "alignment.stages.$stage" --config "$pipeline" "$@"

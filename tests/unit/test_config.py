@@ -41,7 +41,7 @@ def test_yaml_values_and_overrides_reach_the_trl_config(tmp_path: Path) -> None:
     assert args.data.eval_fraction == 0.25
     assert args.seed == 42  # the pipeline seed flows into the stage
     assert pipeline.model.dtype == "float32"
-    assert pipeline.output_dir == "runs/x"
+    assert pipeline.output_dir == str(Path.cwd() / "runs" / "x")  # runs/<name>, from the current directory
 
 
 def test_unknown_key_names_the_key_and_suggests(tmp_path: Path) -> None:
