@@ -146,10 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "configs":
             return _configs()
         if args.command == "run":
-            from alignment.config import find_config
+            from alignment.config import find_config, load_pipeline
             from alignment.pipeline import run as run_pipeline
+            from alignment.tracking import announce
 
             path = find_config(args.config, "pipelines")
+            pipeline = load_pipeline(path, args.overrides)
+            print(announce(pipeline.tracking.mode, pipeline.output_dir), flush=True)
             return run_pipeline(path, args.overrides, args.from_stage, args.dry_run)
         if args.command == "stage":
             module = importlib.import_module(STAGE_MODULES[args.stage_name])
@@ -171,10 +174,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_eval(args)
         if args.command == "compare":
+            from alignment.compare import load_compare
             from alignment.compare import run as run_compare
-            from alignment.config import find_config
+            from alignment.config import find_config, load_pipeline
+            from alignment.tracking import announce
 
             path = find_config(args.config, "compare")
+            config = load_compare(path, args.overrides)
+            mode = load_pipeline(config.pipeline, config.pipeline_overrides).tracking.mode
+            print(announce(mode, config.output_dir, nested=True), flush=True)
             return run_compare(path, args.overrides, args.dry_run)
         from alignment.service.cli import COMMANDS as SERVICE_COMMANDS
 

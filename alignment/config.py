@@ -98,7 +98,8 @@ class TrackingConfig:
     """Weights & Biases: one run per stage, one group per pipeline run."""
 
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """auto: online when WANDB_API_KEY is set (or WANDB_MODE says so), offline otherwise."""
+    """auto: online whenever wandb has credentials (WANDB_API_KEY, or the netrc entry `wandb login` writes),
+    offline otherwise; WANDB_MODE, when set, decides instead (alignment.tracking.decide_mode)."""
     project: str = "alignment"
     entity: str | None = None
     group: str | None = None

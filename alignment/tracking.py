@@ -1,8 +1,11 @@
 """Weights & Biases: each stage is a run, `group` = pipeline run id, `job_type` = stage.
 
 The run is started here, on the main process only, before the trainer exists; transformers' WandbCallback finds
-it and logs into it. Offline mode is the default when no API key is configured, so runs are never lost and can
-be synced later with `wandb sync <dir>`. `tracking.mode: disabled` turns W&B off entirely.
+it and logs into it. `tracking.mode: auto` (the default) is online when wandb has credentials, wherever wandb
+itself finds them (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, or the netrc file `wandb login` writes), and offline
+otherwise, so runs are never lost and can be synced later with `wandb sync <dir>`; `WANDB_MODE` overrides `auto`.
+`tracking.mode: disabled` turns W&B off entirely. `alignment run` and `alignment compare` print the mode and why
+at the start (`announce`).
 
 Lineage: the stage's data snapshot is logged as a `dataset` artifact and marked as used by the run; the
 published output as a `model` artifact (by file reference, no copy of the weights). W&B then shows
@@ -17,6 +20,8 @@ import hashlib
 import json
 import logging
 import os
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +30,68 @@ from alignment.config import PipelineConfig
 logger = logging.getLogger(__name__)
 
 
-def resolve_mode(mode: str) -> str:
-    """auto -> online with credentials (WANDB_API_KEY or WANDB_MODE=online), else offline."""
+@dataclass(frozen=True)
+class TrackingMode:
+    mode: str
+    """online, offline or disabled."""
+    reason: str
+    """Why, in words: the config's mode, WANDB_MODE, or where wandb's credentials are (never the key)."""
+
+
+def decide_mode(mode: str) -> TrackingMode:
+    """The mode W&B runs in for `tracking.mode`: a named mode as it is; `auto` follows WANDB_MODE when set, else
+    online when wandb has credentials and offline when it has none."""
     if mode != "auto":
-        return mode
+        return TrackingMode(mode, f"tracking.mode is {mode}")
     env_mode = os.environ.get("WANDB_MODE", "").lower()
-    if env_mode in ("offline", "online", "disabled"):
-        return env_mode
-    if env_mode == "dryrun":
-        return "offline"
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if env_mode in ("offline", "online", "disabled", "dryrun"):
+        return TrackingMode("offline" if env_mode == "dryrun" else env_mode, f"WANDB_MODE={env_mode}")
+    found, where = wandb_credentials()
+    if found:
+        return TrackingMode("online", f"wandb credentials from {where}")
+    return TrackingMode("offline", f"no wandb credentials: {where}; run `wandb login` to go online")
+
+
+def wandb_credentials() -> tuple[bool, str]:
+    """(whether wandb has an API key or an identity token, where it is or where it was looked for), by wandb's
+    own lookup: the environment, then the netrc file (`wandb login` writes it; NETRC or ~/.netrc) for the W&B host
+    (WANDB_BASE_URL or wandb's default). Nothing returned or printed holds the key."""
+    for variable in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        if os.environ.get(variable):
+            return True, variable
+    from wandb.errors import AuthenticationError
+    from wandb.sdk.lib.wbauth import HostUrl, wbnetrc
+    from wandb.sdk.wandb_settings import Settings
+
+    host = HostUrl(os.environ.get("WANDB_BASE_URL") or Settings.model_fields["base_url"].default)
+    netrc_path = wbnetrc._get_netrc_file_path()  # the file wandb.init reads
+    try:
+        found = wbnetrc.read_netrc_auth_with_source(host=host)
+    except AuthenticationError:
+        return False, f"the entry for {host.url} in {netrc_path} is not a valid API key"
+    if found is not None:
+        return True, found.source
+    return False, f"WANDB_API_KEY unset, no key for {host.url} in {netrc_path}"
+
+
+def resolve_mode(mode: str) -> str:
+    """`decide_mode`'s mode: online, offline or disabled."""
+    return decide_mode(mode).mode
+
+
+def announce(mode: str, output_dir: str | Path, nested: bool = False) -> str:
+    """The line `alignment run` / `compare` print at the start: the W&B mode, why, and for offline runs the
+    command that uploads them later. A pipeline's stages write their runs to `<output_dir>/wandb/`; `nested`:
+    a comparison's runs lie in folders below its output_dir."""
+    decided = decide_mode(mode)
+    line = f"W&B: {decided.mode} ({decided.reason})"
+    if decided.mode == "offline":
+        folder = shlex.quote(str(Path(output_dir).resolve()))
+        if nested:
+            line += f"; sync later: find {folder} -type d -name 'offline-run-*' -exec wandb sync {{}} +"
+        else:
+            line += f"; sync later: wandb sync {folder}/wandb/offline-run-*"
+    return line
 
 
 def pipeline_run_id(pipeline: PipelineConfig) -> str:
@@ -61,11 +118,14 @@ class StageTracker:
         self.stage = stage
         self.config_hash = config_hash
         self.mode = resolve_mode(pipeline.tracking.mode)
+        self.is_main_process = is_main_process
         self.enabled = is_main_process and self.mode != "disabled"
         self.run: Any = None
         self.inputs: list[str] = []
 
     def start(self, config: dict[str, Any]) -> None:
+        if self.is_main_process:
+            logger.info(announce(self.pipeline.tracking.mode, self.pipeline.output_dir))
         if not self.enabled:
             os.environ.setdefault("WANDB_MODE", "disabled" if self.mode == "disabled" else self.mode)
             return
