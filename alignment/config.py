@@ -366,8 +366,8 @@ def configs_dir() -> Path:
 
 
 def shipped_configs(kind: str) -> dict[str, tuple[Path, str]]:
-    """Shipped configs of one kind (`pipelines`, `compare`, `accelerate`): name -> (path, the first line of its
-    opening comment)."""
+    """Shipped configs of one kind (`pipelines`, `compare`, `accelerate`): name -> (path, the first sentence of
+    its opening comment)."""
     found: dict[str, tuple[Path, str]] = {}
     for path in sorted((configs_dir() / kind).glob("*.yaml")):
         found[path.stem] = (path, _description(path.read_text()))
@@ -468,7 +468,7 @@ def _anchor(value: str, kind: str, base: Path, where: str, field_name: str) -> s
         return "mix:" + "+".join(parts)
     if not _is_path(value, kind, base):
         return value
-    if kind in ("accelerate", "pipeline") and _is_name(value):
+    if kind in ("accelerate", "pipeline") and _is_name(value) and not (base / value).is_file():
         try:
             return str(shipped_config(value, "accelerate" if kind == "accelerate" else "pipelines"))
         except ConfigError as error:

@@ -225,6 +225,11 @@ def test_a_shipped_name_where_a_config_is_named(tmp_path: Path, monkeypatch) -> 
     )  # a shipped config copied elsewhere keeps working: `accelerate_config: cpu`
     copied.write_text(SMOKE.read_text())
     assert load_pipeline(copied).accelerate_config == str(REPO / "configs" / "accelerate" / "cpu.yaml")
+    mine = tmp_path / "elsewhere" / "cpu"  # a file beside the config is that file, even under a shipped name
+    mine.parent.mkdir()
+    mine.write_text((REPO / "configs" / "accelerate" / "cpu.yaml").read_text())
+    shutil.copy(copied, mine.parent / "p.yaml")
+    assert load_pipeline(mine.parent / "p.yaml").accelerate_config == str(mine)
     assert load_pipeline("quickstart").name == "quickstart"
     compare = load_compare(REPO / "configs" / "compare" / "smoke.yaml")
     assert compare.pipeline == str(SMOKE)
