@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from alignment.precision import cpu_flags
+    from bench.engines import cpu_model
 
     out = Path(cli.out).resolve()
     rng = random.Random(cli.seed)
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {
         "command": "python -m bench faults " + " ".join(argv if argv is not None else sys.argv[2:]),
         "date": time.strftime("%Y-%m-%d"),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "cpu_bf16_flags": flags,
         "stages": {},
         "reference_wall_s": {},
@@ -329,16 +330,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"result: {out / 'result.json'} ({result['wall_s'] / 60:.1f} min)")
     if failed:
         raise SystemExit(1)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
