@@ -10,8 +10,11 @@
 3. Every policy, and the SFT policy itself, is evaluated by alignment.evaluate on the same held-out prompts with
    the same decoding, one evaluation seed per training seed; win rates pair each policy's samples with the SFT
    policy's. Evaluations are cached by the manifest hashes of what they read.
-4. OUTPUT/report.md: one row per arm and setting (mean and 95% CI over seeds), plots (alignment.report), and a
-   summary in plain words computed from the table; OUTPUT/compare.json holds every number.
+4. OUTPUT/report.md: one row per arm and setting (mean and 95% CI over seeds), paired comparisons of the gold score
+   prompt by prompt (alignment.statistics: bootstrap intervals over prompts and seeds, exact tests for a binary
+   gold, Holm-corrected), gold at equal KL and Gao et al.'s over-optimisation fits, plots (alignment.report), a
+   summary in plain words computed from them, and what reproduces it (command, code version, config hashes,
+   engine and precision); OUTPUT/compare.json holds every number, every per-prompt score included.
 All stages and the comparison's own W&B run share one W&B group.
 """
 
@@ -264,11 +267,15 @@ class Evaluator:
     def decoding(self, seed: int) -> Decoding:
         return dataclasses.replace(self.config.evaluation.decoding, seed=seed)
 
+    def reference_dir(self, seed: int) -> Path:
+        """Where the SFT policy's evaluation at this seed lands (eval.json, samples.jsonl, scored.json)."""
+        return Path(self.config.output_dir) / "base" / "eval" / f"seed-{seed}"
+
     def reference(self, seed: int) -> tuple[dict[str, Any], Scored]:
         """The SFT policy's own evaluation at this seed: the row every arm is compared with."""
         from alignment.evaluate import evaluate, write_results
 
-        out = Path(self.config.output_dir) / "base" / "eval" / f"seed-{seed}"
+        out = self.reference_dir(seed)
         key = _eval_key(self.identity, dataclasses.asdict(self.decoding(seed)), "sft")
         cached = self._cached(out, key)
         if cached is not None and (out / "scored.json").is_file():
@@ -351,10 +358,97 @@ class Evaluator:
         }
 
 
+def read_scores(samples: Path) -> dict[str, list[Any] | None]:
+    """Every per-sample score of one evaluation (its samples.jsonl), as columns: prompt_index, sample (the draw's
+    index within its prompt), gold, rm and kl (None for a column the evaluation did not record: best-of-n has no
+    per-sample KL). What the paired statistics and compare.json use."""
+    records = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    draws: dict[int, int] = {}
+    sample_index = []
+    for record in records:
+        index = record["prompt_index"]
+        sample_index.append(draws.get(index, 0))
+        draws[index] = sample_index[-1] + 1
+
+    def column(key: str) -> list[Any] | None:
+        return [r[key] for r in records] if records and all(key in r for r in records) else None
+
+    return {
+        "prompt_index": [r["prompt_index"] for r in records],
+        "sample": sample_index,
+        "gold": column("gold_score"),
+        "rm": column("rm_score"),
+        "kl": column("kl"),
+    }
+
+
 # ------------------------------------------------------------------------------------------------------ running
-def group_id(config: CompareConfig) -> str:
+def config_digest(config: CompareConfig) -> str:
+    """sha256 of the resolved comparison config (all of it, arms and evaluation included)."""
     blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    return f"{config.name}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def group_id(config: CompareConfig) -> str:
+    return f"{config.name}-{config_digest(config)[:8]}"
+
+
+def _uncommitted_changes() -> bool | None:
+    """Whether tracked files of the code's git checkout differ from its commit (None outside a checkout)."""
+    import subprocess
+
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(status.stdout.strip()) if status.returncode == 0 else None
+
+
+def provenance(
+    config: CompareConfig,
+    config_path: str | Path,
+    overrides: list[str] | None,
+    runs: list[ArmRun],
+    base: Path,
+    engine: dict[str, str],
+) -> dict[str, Any]:
+    """What reproduces a comparison: the command, code version, the comparison config's hash, and each artifact's
+    config hash, code version and precision (from its manifest); the evaluation engine and dtype."""
+    import shlex
+
+    paths = [base / "sft", base / "reward"] + [
+        run.directory / run.arm.stage for run in runs if run.arm.stage != BEST_OF_N
+    ]
+    records = []
+    for path in paths:
+        if not artifacts.is_complete(path):
+            continue
+        manifest = artifacts.read_manifest(path)
+        records.append(
+            {
+                "path": str(path),
+                "stage": manifest.get("stage"),
+                "config_hash": manifest.get("config_hash"),
+                "code_version": manifest.get("code_version"),
+                "precision": manifest.get("precision"),
+            }
+        )
+    return {
+        "command": shlex.join(["alignment", "compare", str(config_path), *(overrides or [])]),
+        "code_version": artifacts.code_version(),
+        "uncommitted_changes": _uncommitted_changes(),
+        "compare_config_hash": config_digest(config)[:16],
+        "seeds": list(config.seeds),
+        "evaluation_engine": engine,
+        "artifacts": records,
+    }
 
 
 def training_record(run: ArmRun) -> dict[str, Any]:
@@ -427,6 +521,9 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
         return 1
     evaluator = Evaluator(config, base, console, pipeline.model.dtype)
     references = {seed: evaluator.reference(seed)[0] for seed in config.seeds}
+    reference_scores = {
+        seed: read_scores(evaluator.reference_dir(seed) / "samples.jsonl") for seed in config.seeds
+    }
     results = [
         {
             "arm": arm_run.arm.name,
@@ -439,15 +536,26 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
         }
         for arm_run in runs
     ]
+    for result, arm_run in zip(
+        results, runs, strict=True
+    ):  # every per-prompt score, for the paired statistics
+        result["scores"] = read_scores(arm_run.directory / "eval" / "samples.jsonl")
     sft_training = training_record(ArmRun(ArmConfig("sft", "sft"), {}, 0, base))  # base/sft
+    engine = {**evaluator.sampler.record, "device": str(evaluator.sampler.device)}
     summary = report.write(
         output,
         config=dataclasses.asdict(config),
         group=group,
-        reference={"metrics": references, **{k: sft_training[k] for k in ("wall_time_s", "num_tokens")}},
+        reference={
+            "metrics": references,
+            "scores": reference_scores,
+            **{k: sft_training[k] for k in ("wall_time_s", "num_tokens")},
+        },
         results=results,
         tracking=(pipeline.tracking.mode, pipeline.tracking.project),
         failed=failed,
+        provenance=provenance(config, config_path, overrides, runs, base, engine),
+        prompts=[{"index": i, "id": row.get("id")} for i, row in enumerate(evaluator.rows)],
     )
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a log file: the whole table on one line per arm

@@ -323,7 +323,11 @@ def compare_policies(
         excludes_zero = item["ci_low"] > 0 or item["ci_high"] < 0
         item["p_holm"] = p_holm
         item["significant"] = bool(p_holm < alpha and excludes_zero)
-        item["minimum_detectable_effect"] = minimum_detectable_effect(item["standard_error"], alpha / count)
+        # NaN where every prompt ties: no variation to scale a detectable effect by
+        standard_error = item["standard_error"]
+        item["minimum_detectable_effect"] = (
+            minimum_detectable_effect(standard_error, alpha / count) if standard_error > 0 else math.nan
+        )
     return comparisons
 
 

@@ -83,6 +83,44 @@ def test_compare_writes_the_report_plots_and_one_wandb_group(comparison: tuple[P
     assert "best-of-n" in stdout
 
 
+def test_compare_reports_paired_statistics_every_score_and_how_to_reproduce(
+    comparison: tuple[Path, Path, str],
+) -> None:
+    """The paired comparisons use the scores the evaluations wrote; compare.json holds every one of them;
+    report.md says how to reproduce it, with each artifact's config hash as its manifest records it."""
+    path, out, _ = comparison
+    report = (out / "report.md").read_text()
+    for heading in ("## Paired comparisons", "## Gold at equal KL", "## Over-optimisation", "## Reproduce"):
+        assert heading in report
+    data = json.loads((out / "compare.json").read_text())
+    samples = [json.loads(line) for line in (out / "base" / "eval" / "seed-1" / "samples.jsonl").open()]
+    assert data["reference_scores"]["1"]["gold"] == [s["gold_score"] for s in samples]
+    assert data["reference_scores"]["1"]["rm"] == [s["rm_score"] for s in samples]
+    assert data["reference_scores"]["1"]["sample"] == [0] * 16 and len(data["prompts"]) == 16
+    for result in data["results"]:
+        records = [json.loads(line) for line in (Path(result["directory"]) / "eval" / "samples.jsonl").open()]
+        assert result["scores"]["prompt_index"] == [r["prompt_index"] for r in records]
+        assert result["scores"]["gold"] == [r["gold_score"] for r in records]
+        assert (result["scores"]["kl"] is None) == (result["stage"] == "best_of_n")  # analytic KL only
+    comparisons = {c["name"]: c for c in data["analysis"]["comparisons"]}
+    assert {"ppo (kl_coef=0.05) - sft", "dpo (beta=0.1) - sft", "best-of-n (n=4) - sft"} <= set(comparisons)
+    dpo = comparisons["dpo (beta=0.1) - sft"]
+    gold = data["results"][[r["arm"] for r in data["results"]].index("dpo")]["scores"]["gold"]
+    assert dpo["mean"] == pytest.approx((sum(gold) - sum(data["reference_scores"]["1"]["gold"])) / 16)
+    binary = all(g in (0.0, 1.0) for g in gold + data["reference_scores"]["1"]["gold"])  # rule:tasks: [0, 1]
+    assert dpo["test"] == (
+        "McNemar exact" if binary else "paired bootstrap"
+    )  # one seed, one sample per prompt
+    assert dpo["ci_low"] <= dpo["mean"] <= dpo["ci_high"] and dpo["p_holm"] >= dpo["p_value"]
+    assert f"| {dpo['name']} | 1 | 16 |" in report
+    provenance = data["provenance"]
+    assert provenance["command"] == f"alignment compare {path}" and f"`{provenance['command']}`" in report
+    assert provenance["evaluation_engine"]["dtype"] in report.split("## Reproduce")[1]
+    for artifact in (out / "base" / "sft", out / "arms" / "dpo" / "beta=0.1" / "seed-1" / "dpo"):
+        manifest = json.loads((artifact / "MANIFEST.json").read_text())
+        assert f"| `{artifact}` | {manifest['stage']} | `{manifest['config_hash']}` |" in report
+
+
 def test_a_second_compare_reuses_every_finished_arm(comparison: tuple[Path, Path, str]) -> None:
     path, out, _ = comparison
     evals = sorted(out.glob("**/eval.json"))

@@ -114,3 +114,150 @@ def test_plots_are_pngs_that_carry_their_series(tmp_path: Path) -> None:
     assert set(over) == {"proxy", "gold"} and [p["rm_score"] for p in over["proxy"]["ppo"]] == pytest.approx(
         [0.5, 2.0]
     )
+
+
+# ------------------------------------------------------------------------------- paired statistics in the report
+def _measured(scores: dict, kl: float | None) -> dict:
+    """An evaluation's figures from its per-prompt scores (what alignment.evaluate computes)."""
+    gold = scores["gold"]
+    metrics = {"gold": {"mean": sum(gold) / len(gold), "ci95_half_width": 0.05, "n": len(gold)}}
+    if scores.get("rm") is not None:
+        metrics["rm_score"] = {"mean": sum(scores["rm"]) / len(gold), "ci95_half_width": 0.05, "n": len(gold)}
+    if kl is not None:
+        metrics["kl"] = {"mean": kl, "ci95_half_width": 0.0, "n": len(gold)}
+    return metrics
+
+
+def _comparison(crafted: tuple[dict, list]) -> tuple[dict, list]:
+    scores, results = crafted
+    reference = {
+        "metrics": {seed: _measured(s, 0.0) for seed, s in scores.items()},
+        "scores": scores,
+        "wall_time_s": 5.0,
+    }
+    for result in results:
+        kl = (result["metrics"].get("kl") or {}).get("mean")
+        if kl is None and result["scores"].get("kl"):
+            kl = sum(result["scores"]["kl"]) / len(result["scores"]["kl"])
+        result["metrics"] = _measured(result["scores"], kl if kl is not None else 0.5)
+        result |= {"wall_time_s": 10.0, "num_tokens": 100.0, "curve": []}
+    return reference, results
+
+
+def test_summary_from_paired_statistics_names_what_is_significant() -> None:
+    from alignment.statistics import analyse
+    from tests.unit.test_statistics import crafted_binary
+
+    reference, results = _comparison(crafted_binary())
+    rows = aggregate(reference, results)
+    lines = summary_lines(rows, analyse(reference["scores"], results, replicates=1000))
+    assert lines[0].startswith("Highest gold score: dpo (beta=0.1)")
+    assert "above the SFT policy's 0.250: paired difference +0.450" in lines[0]
+    assert "McNemar exact, Holm-adjusted p = 0.0117): significant" in lines[0]
+    assert lines[1].startswith("ppo's best setting (kl_coef=0.05)") and "below the best arm" in lines[1]
+    overview = next(line for line in lines if line.startswith("Of the 3 paired comparisons"))
+    assert "significant: dpo (beta=0.1) - sft, ppo (kl_coef=0.05) - dpo (beta=0.1);" in overview
+    assert "not significant: ppo (kl_coef=0.05) - sft (detectable: " in overview
+    assert any(
+        line == "dpo: no gold-vs-KL curve (one setting (beta=0.1): a curve needs at least two KL values)."
+        for line in lines
+    )
+
+
+def test_summary_says_when_a_paired_difference_is_not_significant() -> None:
+    from alignment.statistics import analyse
+    from tests.unit.test_statistics import SFT_GOLD, _result, _scores
+
+    flipped = SFT_GOLD[1:] + SFT_GOLD[:1]  # prompt 4 lost, prompt 19 won: the same mean
+    better = flipped[:10] + [1.0] + flipped[11:]  # and prompt 10 won: 2 wins, 1 loss, p = 1
+    scores = {1: _scores(SFT_GOLD)}
+    reference, results = _comparison((scores, [_result("dpo", "dpo", {"beta": 0.1}, 1, _scores(better))]))
+    analysis = analyse(reference["scores"], results, replicates=1000)
+    lines = summary_lines(aggregate(reference, results), analysis)
+    assert "paired difference +0.050" in lines[0] and "not significant; at this n a difference of" in lines[0]
+    assert "so this comparison does not show a gain over SFT" in lines[0]
+    same = [_result("dpo", "dpo", {"beta": 0.1}, 1, _scores(SFT_GOLD))]
+    reference, same = _comparison((scores, same))
+    lines = summary_lines(aggregate(reference, same), analyse(reference["scores"], same, replicates=200))
+    assert "the difference is the same on every prompt, so no detectable effect is estimable" in lines[0]
+    assert "not significant: dpo (beta=0.1) - sft (no variation over prompts)" in lines[1]
+
+
+def test_report_records_paired_tables_fits_scores_and_how_to_reproduce(tmp_path: Path) -> None:
+    from alignment.report import write
+    from tests.unit.test_statistics import PROMPTS, crafted_curves
+
+    reference, results = _comparison(crafted_curves())
+    config = {
+        "name": "crafted",
+        "pipeline": "configs/pipelines/smoke.yaml",
+        "seeds": [1, 2],
+        "evaluation": {
+            "prompts": {"source": "builtin:tasks", "split": "test", "seed": 1234},
+            "decoding": {"samples_per_prompt": 1, "temperature": 1.0, "max_new_tokens": 8},
+            "rm": "reward",
+            "gold": "rule:tasks",
+        },
+    }
+    provenance = {
+        "command": "alignment compare configs/compare/crafted.yaml seeds=[1,2]",
+        "code_version": "0.1.0+abc1234",
+        "uncommitted_changes": False,
+        "compare_config_hash": "0123456789abcdef",
+        "seeds": [1, 2],
+        "evaluation_engine": {"backend": "hf", "dtype": "float32", "device": "cpu"},
+        "artifacts": [
+            {
+                "path": "runs/crafted/base/sft",
+                "stage": "sft",
+                "config_hash": "feedfacecafebeef",
+                "code_version": "0.1.0+abc1234",
+                "precision": {"model_dtype": "auto", "trained_weights": "float32"},
+            }
+        ],
+    }
+    prompts = [{"index": i, "id": f"tasks-test-1234-{i}"} for i in range(PROMPTS)]
+    write(
+        tmp_path,
+        config=config,
+        group="crafted-1234",
+        reference=reference,
+        results=results,
+        tracking=("disabled", "alignment"),
+        provenance=provenance,
+        prompts=prompts,
+    )
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("## Paired comparisons", "## Gold at equal KL", "## Over-optimisation (Gao et al. 2022)"):
+        assert heading in report
+    assert "| best-of-n (n=2) - sft | 1, 2 | 40 |" in report  # the paired table: seeds and prompts
+    assert "| ppo | rl | 1.000, 0.000 | 0.500, 0.100 |" in report  # the fitted parameters
+    assert "| best-of-n | best_of_n | " in report and "within the KL range measured" in report
+    reproduce = report.split("## Reproduce")[1]
+    for text in (
+        "`alignment compare configs/compare/crafted.yaml seeds=[1,2]`",
+        "`0.1.0+abc1234`",
+        "`0123456789abcdef`",
+        "Seeds: [1, 2]",
+        "hf, float32, on cpu",
+        "| `runs/crafted/base/sft` | sft | `feedfacecafebeef` |",
+    ):
+        assert text in reproduce
+    assert "uncommitted" not in reproduce
+    data = json.loads((tmp_path / "compare.json").read_text())
+    assert data["provenance"] == provenance and data["prompts"] == prompts
+    assert data["reference_scores"]["1"]["gold"] == reference["scores"][1]["gold"]
+    assert all(r["scores"]["prompt_index"] == list(range(PROMPTS)) for r in data["results"])
+    assert {c["name"] for c in data["analysis"]["comparisons"]} >= {"ppo (kl_coef=0.2) - sft"}
+    rows = {(r["arm"], r["setting"]): r for r in data["rows"]}
+    assert (
+        rows[("ppo", "kl_coef=0.2")]["vs_sft"]["p_holm"] >= rows[("ppo", "kl_coef=0.2")]["vs_sft"]["p_value"]
+    )
+    with Image.open(tmp_path / "overoptimisation.png") as image:
+        image.load()
+        series = json.loads(image.text["series"])
+    assert set(series) == {"proxy", "gold", "fits"} and set(series["fits"]) == {"best-of-n", "ppo"}
+    assert series["fits"]["best-of-n"]["gold_peak"]["kl"] == pytest.approx((0.8 / 0.6) ** 2)
+    curve = series["fits"]["ppo"]["curve"]
+    assert len(curve["kl"]) == len(curve["gold"]) == len(curve["proxy"]) and curve["kl"][0] == 0.0
+    assert curve["gold"][0] == pytest.approx(0.3)  # every fitted curve starts at the SFT policy

@@ -199,6 +199,16 @@ def test_binary_gold_is_compared_by_mcnemar_and_holm_corrected() -> None:
     assert analysis["equal_kl"] is None and set(analysis["skipped"]) == {"dpo", "ppo"}  # one setting each
 
 
+def test_a_policy_that_ties_everywhere_has_no_detectable_effect() -> None:
+    reference, _ = crafted_binary()
+    analysis = analyse(
+        reference, [_result("dpo", "dpo", {"beta": 0.1}, 1, _scores(SFT_GOLD))], replicates=200
+    )
+    (same,) = analysis["comparisons"]
+    assert same["mean"] == 0.0 and same["p_value"] == 1.0 and same["standard_error"] == 0.0
+    assert not same["significant"] and math.isnan(same["minimum_detectable_effect"])
+
+
 def test_no_gold_no_analysis() -> None:
     reference = {1: {**_scores([0.0, 1.0]), "gold": None}}
     assert analyse(reference, [_result("dpo", "dpo", {}, 1, _scores([1.0, 1.0]))]) is None
