@@ -11,6 +11,7 @@
     alignment eval --policy runs/x/dpo --prompts builtin:tasks --prompts-option split=test --reference runs/x/sft \
         --rm runs/x/reward --gold rule:tasks
     alignment compare quickstart [key=value ...] [--dry-run]
+    alignment push runs/quickstart/dpo --repo ORG/NAME [--private] [--dry-run]   (the Hub, with a model card)
 
 Relative paths inside a config are relative to that config file; on the command line (key=value), to the current
 directory; `output_dir` and artifact paths (`init_from`, ...) always to the current directory (alignment.config).
@@ -122,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the arms and the commands, run nothing"
     )
 
+    from alignment.hub import add_arguments as add_push_arguments
+
+    add_push_arguments(
+        commands.add_parser(
+            "push", help="publish an artifact to the Hugging Face Hub with a model card from its lineage"
+        )
+    )
     from alignment.service.cli import add_commands as add_service_commands
 
     add_service_commands(commands)
@@ -184,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             mode = load_pipeline(config.pipeline, config.pipeline_overrides).tracking.mode
             print(announce(mode, config.output_dir, nested=True), flush=True)
             return run_compare(path, args.overrides, args.dry_run)
+        if args.command == "push":
+            from alignment.hub import main as run_push
+
+            return run_push(args)
         from alignment.service.cli import COMMANDS as SERVICE_COMMANDS
 
         if args.command in SERVICE_COMMANDS:
