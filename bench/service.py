@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from tests.service.helpers import ServerProcess
+from bench.servers import ServerProcess
 
 
 def _body(client: int, batch: int, size: int) -> bytes:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                 (tmp / "store.db").unlink(missing_ok=True)
                 url = f"sqlite:///{(tmp / 'store.db').resolve()}"
             elif backend == "postgresql":
-                from tests.service.pg import TemporaryPostgres, new_database
+                from bench.servers import TemporaryPostgres, new_database
 
                 base = args.pg_url or stack.enter_context(TemporaryPostgres())
                 url = new_database(base)

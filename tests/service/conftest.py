@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import TemporaryPostgres, new_database
 from tests.service.helpers import ServerProcess
-from tests.service.pg import TemporaryPostgres, new_database
 
 BACKENDS = ("sqlite", "postgresql")
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.service.helpers import ServerProcess, pair
 
-BODY_LIMIT = 200_000  # tests/service/helpers.py's limits.max_body_bytes
+BODY_LIMIT = 200_000  # bench/servers.py's ServerProcess: limits.max_body_bytes
 ROUTES = (
     ("POST", "/v1/datasets/guarded/retractions"),
     ("POST", "/v1/rounds"),
