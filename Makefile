@@ -1,6 +1,6 @@
 # The two commands a new user needs (each creates .venv and installs into it on first use):
 #   make quickstart   run the main job
-#   make test         run the tests (what CI runs)
+#   make test         lint, check the import layers (docs/LAYERS.md), run the tests (what CI runs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
@@ -30,6 +30,7 @@ smoke: setup
 test: setup vllm-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VLLM_VENV)/bin/python -m pytest -q -ra tests/vllm
 	$(PY) -m pytest -q -ra
 
@@ -38,6 +39,7 @@ test-all: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from alignment.finite import json_safe
 
 MANIFEST = "MANIFEST.json"
 CHECKPOINT_MARKER = "COMPLETE"
@@ -37,6 +37,20 @@ MANIFEST_VERSION = 1
 
 class ArtifactError(RuntimeError):
     """An artifact is missing, incomplete or inconsistent with what the caller needs."""
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON's null: "not defined"), recursively, so
+    that it can be written with `allow_nan=False` as standard JSON. A metric that is undefined by nature (a rank
+    correlation of constant scores) becomes null; training values never get here non-finite (the guards stop
+    the stage first)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def is_complete(path: str | Path) -> bool:

@@ -20,6 +20,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from alignment import artifacts
+from alignment.artifacts import json_safe  # noqa: F401 - where the stages and reward_models.check take it from
+
 WATCHED = ("loss", "grad_norm", "eval_loss")
 """The logged values that must stay finite (TRL's names; PPO checks its own: ppo_trainer.PPO_WATCHED)."""
 
@@ -44,8 +47,6 @@ def non_finite(values: Mapping[str, Any], names: Iterable[str] | None = None) ->
 def retire_checkpoints_after(work_dir: Path, step: int) -> tuple[Path | None, list[Path]]:
     """Removes the COMPLETE marker of every checkpoint after `step` (they may hold non-finite weights); returns
     (the latest complete checkpoint at or before `step`, the checkpoints retired)."""
-    from alignment import artifacts
-
     complete = artifacts.complete_checkpoints(work_dir)
     retired = [path for number, path in complete if number > step]
     for path in retired:
@@ -105,17 +106,3 @@ def require_finite(what: str, values: Mapping[str, Any], names: Iterable[str] | 
     if bad:
         shown = ", ".join(f"{k} = {v}" for k, v in bad.items())
         raise NonFiniteError(f"{what}: {shown}. Nothing was published. To fix: {ADVICE}.")
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None (JSON's null: "not defined"), recursively, so
-    that it can be written with `allow_nan=False` as standard JSON. A metric that is undefined by nature (a rank
-    correlation of constant scores) becomes null; training values never get here non-finite (the guards stop
-    the stage first)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value

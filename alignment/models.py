@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from alignment.config import ConfigError, ModelConfig, TuningConfig
+from alignment.schema import ConfigError, ModelConfig, TuningConfig
 
 logger = logging.getLogger(__name__)
 

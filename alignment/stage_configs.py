@@ -6,15 +6,27 @@ from `alignment.config` because importing TRL costs seconds.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import TrainingArguments
 from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
-from alignment.config import ModelConfig, StageArgsMixin
 from alignment.data import DataConfig
 from alignment.generation import GenerationConfig
+from alignment.schema import ModelConfig
+
+
+class StageArgsMixin:
+    """Makes TRL configs with nested project dataclasses serialisable (W&B config, JSON)."""
+
+    def to_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        out = super().to_dict()  # type: ignore[misc]
+        for key, value in out.items():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                out[key] = dataclasses.asdict(value)
+        return out
 
 
 @dataclass

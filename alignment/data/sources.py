@@ -3,7 +3,7 @@
 Sources: local `.json` (a list, or an object with a `data`/`rows` list), `.jsonl` and `.jsonl.gz` files; a local
 dataset saved with `datasets.save_to_disk` or a folder of such files; a hub name (`hub:org/name` or a bare
 `org/name`) through `datasets.load_dataset` (needs network); `service:NAME@VERSION`, an immutable snapshot
-exported by the preference-data service (alignment.service.snapshots), read from its files, never the database.
+exported by the preference-data service (format: alignment.data.snapshot), read from its files, never the database.
 `${VAR}` / `${VAR:-default}` expand in the source.
 
 Relative paths are resolved from the current directory (not from the config file's folder). A source that looks
@@ -22,6 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from alignment.data.snapshot import resolve_service_snapshot
+from alignment.schema import expand_env
 
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 # Suffixes that make a source a path even when it does not exist (data files we read and ones users try).
@@ -45,8 +48,6 @@ class Record:
 
 
 def expand(source: str) -> str:
-    from alignment.config import expand_env
-
     return expand_env(source)
 
 
@@ -194,14 +195,12 @@ def _read_hub(source: str, split: str | None, subset: str | None) -> Iterator[Re
 
 def _read_service_snapshot(source: str) -> Iterator[Record]:
     """`service:NAME@VERSION`: the snapshot's pairs.jsonl under ALIGNMENT_SERVICE_SNAPSHOTS, hash-checked."""
-    from alignment.service.snapshots import resolve_source
-
     name, _, version = source.removeprefix("service:").partition("@")
     if not name or not version:
         raise ValueError(
             f"{source}: a service source is service:NAME@VERSION (the version a snapshot returned)"
         )
-    yield from read_file(resolve_source(name, version))
+    yield from read_file(resolve_service_snapshot(name, version))
 
 
 def looks_like_path(source: str) -> bool:

@@ -1,7 +1,7 @@
 """The `hf` generation backend: transformers' `generate` on the live training model.
 
 Each token is drawn by `TokenSampler` (inverse CDF over the whole vocabulary at the temperature, one uniform
-number per row, `alignment.rl.ppo_math.sample_tokens`), which keeps the drawn token's log-prob; a LoRA adapter is
+number per row, `sample_tokens`), which keeps the drawn token's log-prob; a LoRA adapter is
 folded into the weights while decoding (`adapter_folded`). Greedy decoding (temperature 0) is `generate`'s own.
 """
 
@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from alignment.generation import Generated, Sampling
-from alignment.rl import ppo_math as pm
 
 
 @contextlib.contextmanager
@@ -65,9 +64,45 @@ def adapter_folded(model: nn.Module) -> Iterator[bool]:
             base.weight.data = original
 
 
+# ------------------------------------------------------------------------------------------------ sampling
+SAMPLING_BLOCK = 256
+"""Vocabulary entries per block in `sample_tokens`' first level."""
+
+
+def sample_tokens(logprobs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row drawn from `exp(logprobs)` (B, V) by inverse CDF: one uniform number per row.
+
+    `torch.multinomial` draws one exponential number per vocabulary entry, which on a CPU is about a seventh of a
+    decoding step of SmolLM2 at batch 16 (docs/BENCHMARKS.md). Two levels keep the draw exact: a block of
+    `SAMPLING_BLOCK` entries is picked from the blocks' masses, then an entry within it, each from a cumulative sum
+    in float64 (float32 on MPS, which has none), so entries far below the running sum are not absorbed into it. A
+    drawn entry always has a positive probability. Returns (B, 1) token ids."""
+    exact = torch.float32 if logprobs.device.type == "mps" else torch.float64
+    probs = logprobs.float().exp()
+    rows, vocab = probs.shape
+    blocks = -(-vocab // SAMPLING_BLOCK)
+    if blocks * SAMPLING_BLOCK != vocab:
+        probs = torch.nn.functional.pad(probs, (0, blocks * SAMPLING_BLOCK - vocab))
+    probs = probs.view(rows, blocks, SAMPLING_BLOCK)
+    block_cdf = probs.sum(-1, dtype=exact).cumsum_(1)
+    total = block_cdf[:, -1:]
+    below = torch.nextafter(total, torch.zeros_like(total))
+    draw = torch.minimum(
+        torch.rand(rows, 1, dtype=exact, device=probs.device, generator=generator) * total, below
+    )
+    # right=True: the first block whose cumulative mass exceeds the draw, so it has mass; likewise within it.
+    block = torch.searchsorted(block_cdf, draw, right=True)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp_min(0)), torch.zeros_like(draw))
+    within = (
+        probs.gather(1, block.unsqueeze(-1).expand(rows, 1, SAMPLING_BLOCK)).squeeze(1).to(exact).cumsum_(1)
+    )
+    rest = torch.minimum(draw - before, torch.nextafter(within[:, -1:], torch.zeros_like(draw)))
+    return block * SAMPLING_BLOCK + torch.searchsorted(within, rest, right=True)
+
+
 class TokenSampler:
     """A logits processor that draws each token itself: it divides the logits by the sampling temperature, draws
-    from the full-vocabulary distribution by inverse CDF (`ppo_math.sample_tokens`, one uniform number per row, not
+    from the full-vocabulary distribution by inverse CDF (`sample_tokens`, one uniform number per row, not
     `torch.multinomial`'s one exponential per vocabulary entry) and hands `generate` (run greedy) scores whose only
     finite entry is the drawn token. With `keep_logprobs`, it keeps each drawn token's log-prob under the
     distribution it was drawn from: the behaviour policy's log-probs, without a second forward pass.
@@ -81,7 +116,7 @@ class TokenSampler:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logprobs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        tokens = pm.sample_tokens(logprobs)
+        tokens = sample_tokens(logprobs)
         if self.keep_logprobs:
             self.taken.append(logprobs.gather(1, tokens))
         return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)

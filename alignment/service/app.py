@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alignment import __version__
-from alignment.service import ingest, snapshots
+from alignment.service import ingest, rounds, snapshots
 from alignment.service.auth import (
     FailedAuthLimiter,
     Principal,
@@ -44,6 +44,7 @@ from alignment.service.auth import (
 )
 from alignment.service.settings import ServiceConfig
 from alignment.service.store import current_revision, datasets, open_store, pairs, writing
+from alignment.service.store import rounds as rounds_table
 
 logger = logging.getLogger("alignment.service")
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: `$` would let a final newline in
@@ -65,6 +66,12 @@ def error_response(
 
 
 PairIdValue = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+class RoundRequest(BaseModel):
+    dataset: str
+    policy_stage: str | None = Field(None, description="dpo or ppo (default: the service config's)")
+    snapshot: str | None = Field(None, description="an existing snapshot version (default: snapshot now)")
 
 
 class Retraction(BaseModel):
@@ -328,11 +335,9 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
                 reveal_all=principal.allows("admin"),
             )
             if response.get("accepted") and config.rounds.trigger_new_pairs > 0:
-                from alignment.service.rounds import maybe_trigger
-
                 try:
                     await run_in_threadpool(
-                        maybe_trigger,
+                        rounds.maybe_trigger,
                         engine,
                         ident,
                         config.rounds.trigger_new_pairs,
@@ -428,9 +433,50 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
             raise ServiceError(404, "unknown_snapshot", f"dataset {name!r} has no snapshot {version!r}")
         return found
 
-    from alignment.service.rounds import add_round_routes
+    # ---------------------------------------------------------------------------------------------- rounds
+    @app.post("/v1/rounds", tags=["rounds"], status_code=201)
+    def post_round(request: RoundRequest, principal: Any = require("admin")) -> Any:
+        """Queue a round: snapshot -> reward model -> policy (DPO or PPO) -> evaluation, run by `alignment worker`."""
+        ident = dataset_id(request.dataset)
+        stage = request.policy_stage or config.rounds.policy_stage
+        if stage not in ("dpo", "ppo"):
+            raise ServiceError(422, "invalid_request", f"policy_stage must be dpo or ppo, got {stage!r}")
+        if request.snapshot and snapshots.get_snapshot(engine, ident, request.snapshot) is None:
+            raise ServiceError(
+                404, "unknown_snapshot", f"dataset {request.dataset!r} has no snapshot {request.snapshot!r}"
+            )
+        round_id = rounds.create_round(engine, ident, stage, f"api:{principal.name}", request.snapshot)
+        return JSONResponse(rounds.get_round(engine, round_id), status_code=201)
 
-    add_round_routes(app, engine, config, require, dataset_id, ServiceError)
+    @app.post("/v1/rounds/{round_id}/retry", tags=["rounds"])
+    def retry(round_id: int, _: Any = require("admin")) -> dict:
+        """Queue a failed round again: it keeps its snapshot and output directory, so finished stages are kept."""
+        found = rounds.get_round(engine, round_id)
+        if found is None:
+            raise ServiceError(404, "unknown_round", f"no round {round_id}")
+        with writing(engine) as connection:
+            changed = connection.execute(
+                update(rounds_table)
+                .where(rounds_table.c.id == round_id, rounds_table.c.status == "failed")
+                .values(status="queued", stage="queued", error=None, worker=None, updated_at=time.time())
+            ).rowcount
+        if not changed:
+            raise ServiceError(
+                409, "not_failed", f"round {round_id} is {found['status']}; only a failed round is retried"
+            )
+        return rounds.get_round(engine, round_id)
+
+    @app.get("/v1/rounds", tags=["rounds"])
+    def get_rounds(dataset: str | None = None, _: Any = require("read")) -> list[dict]:
+        return rounds.list_rounds(engine, dataset_id(dataset) if dataset else None)
+
+    @app.get("/v1/rounds/{round_id}", tags=["rounds"])
+    def get_one(round_id: int, _: Any = require("read")) -> dict:
+        found = rounds.get_round(engine, round_id)
+        if found is None:
+            raise ServiceError(404, "unknown_round", f"no round {round_id}")
+        return found
+
     return app
 
 

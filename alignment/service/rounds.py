@@ -1,4 +1,4 @@
-"""Alignment rounds as jobs in the store: creation (API or trigger rule), leases, status, and their routes.
+"""Alignment rounds as jobs in the store: creation (API or trigger rule), leases and status (routes: app.py).
 
 A round moves queued -> running -> succeeded | failed, through stages snapshot -> train -> evaluate -> done.
 A worker claims a round with a compare-and-swap on its `attempts` counter and holds it with a lease that it
@@ -16,19 +16,12 @@ import json
 import time
 from typing import Any
 
-from pydantic import BaseModel, Field
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from alignment.service.store import datasets, pairs, rounds, writing
 
 ACTIVE = ("queued", "running")
-
-
-class RoundRequest(BaseModel):
-    dataset: str
-    policy_stage: str | None = Field(None, description="dpo or ppo (default: the service config's)")
-    snapshot: str | None = Field(None, description="an existing snapshot version (default: snapshot now)")
 
 
 def create_round(
@@ -226,55 +219,3 @@ def _public(row: Any) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
-
-
-def add_round_routes(
-    app: Any, engine: Engine, config: Any, require: Any, dataset_id: Any, error: type
-) -> None:
-    """POST /v1/rounds, GET /v1/rounds, GET /v1/rounds/{id} on the service's app."""
-    from fastapi.responses import JSONResponse
-
-    from alignment.service.snapshots import get_snapshot
-
-    @app.post("/v1/rounds", tags=["rounds"], status_code=201)
-    def post_round(request: RoundRequest, principal: Any = require("admin")) -> Any:
-        """Queue a round: snapshot -> reward model -> policy (DPO or PPO) -> evaluation, run by `alignment worker`."""
-        ident = dataset_id(request.dataset)
-        stage = request.policy_stage or config.rounds.policy_stage
-        if stage not in ("dpo", "ppo"):
-            raise error(422, "invalid_request", f"policy_stage must be dpo or ppo, got {stage!r}")
-        if request.snapshot and get_snapshot(engine, ident, request.snapshot) is None:
-            raise error(
-                404, "unknown_snapshot", f"dataset {request.dataset!r} has no snapshot {request.snapshot!r}"
-            )
-        round_id = create_round(engine, ident, stage, f"api:{principal.name}", request.snapshot)
-        return JSONResponse(get_round(engine, round_id), status_code=201)
-
-    @app.post("/v1/rounds/{round_id}/retry", tags=["rounds"])
-    def retry(round_id: int, _: Any = require("admin")) -> dict:
-        """Queue a failed round again: it keeps its snapshot and output directory, so finished stages are kept."""
-        found = get_round(engine, round_id)
-        if found is None:
-            raise error(404, "unknown_round", f"no round {round_id}")
-        with writing(engine) as connection:
-            changed = connection.execute(
-                update(rounds)
-                .where(rounds.c.id == round_id, rounds.c.status == "failed")
-                .values(status="queued", stage="queued", error=None, worker=None, updated_at=time.time())
-            ).rowcount
-        if not changed:
-            raise error(
-                409, "not_failed", f"round {round_id} is {found['status']}; only a failed round is retried"
-            )
-        return get_round(engine, round_id)
-
-    @app.get("/v1/rounds", tags=["rounds"])
-    def get_rounds(dataset: str | None = None, _: Any = require("read")) -> list[dict]:
-        return list_rounds(engine, dataset_id(dataset) if dataset else None)
-
-    @app.get("/v1/rounds/{round_id}", tags=["rounds"])
-    def get_one(round_id: int, _: Any = require("read")) -> dict:
-        found = get_round(engine, round_id)
-        if found is None:
-            raise error(404, "unknown_round", f"no round {round_id}")
-        return found

@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignment.config import ConfigError, coerce, read_yaml
+from alignment.config import read_yaml
+from alignment.data.snapshot import default_snapshot_dir  # noqa: F401 - where `service:` sources are read
+from alignment.schema import ConfigError, coerce
 
 
 def service_home() -> Path:
@@ -24,11 +26,6 @@ def service_home() -> Path:
 def default_db_url() -> str:
     """`$ALIGNMENT_SERVICE_DB`, else a SQLite file under the service home."""
     return os.environ.get("ALIGNMENT_SERVICE_DB") or f"sqlite:///{service_home() / 'service.db'}"
-
-
-def default_snapshot_dir() -> Path:
-    """Where snapshots are exported and where `service:NAME@VERSION` sources are read from."""
-    return Path(os.environ.get("ALIGNMENT_SERVICE_SNAPSHOTS") or service_home() / "snapshots").expanduser()
 
 
 @dataclass

@@ -3,8 +3,9 @@
     <snapshot_dir>/<dataset>/<version>/pairs.jsonl      canonical preference rows, ordered by pair id
     <snapshot_dir>/<dataset>/<version>/MANIFEST.json    dataset, version, pair count, max pair id, time
 
-The version is `alignment.data.snapshot.content_hash` of the rows, which is also the first 16 hex digits of
-the SHA-256 of pairs.jsonl itself, so a reader can check a file against its name. The same content always gives
+The format is the data layer's (alignment.data.snapshot: the row, the file name, the reader's hash check); this
+module writes it from the store. The version is `alignment.data.snapshot.content_hash` of the rows, which is also
+the first 16 hex digits of the SHA-256 of pairs.jsonl itself, so a reader can check a file against its name. The same content always gives
 the same version (asking twice returns the existing one). Membership is also recorded in the store, so a later
 retraction or restoration never changes an earlier snapshot. A retracted pair is left out of every snapshot
 frozen while it is retracted; once an admin restores it, it is in every snapshot from the next one on (and when
@@ -26,22 +27,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from alignment import artifacts
+from alignment.data.snapshot import SNAPSHOT_FILE, snapshot_row
 from alignment.service.store import pairs, snapshot_pairs, snapshots, writing
-
-SNAPSHOT_FILE = "pairs.jsonl"
-
-
-def snapshot_row(pair_id: int, dataset: str, stored: dict[str, Any]) -> dict[str, Any]:
-    """The row a stage reads: canonical preference messages, `id`, and `margin` / `source` from metadata."""
-    row = {"id": f"{dataset}-{pair_id}", "prompt": stored["prompt"], "chosen": stored["chosen"]}
-    row["rejected"] = stored["rejected"]
-    metadata = stored.get("metadata") or {}
-    for key in ("margin", "source"):
-        if key in metadata:
-            row[key] = metadata[key]
-    if metadata:
-        row["metadata"] = metadata
-    return row
+from alignment.tracking import resolve_mode
 
 
 def create_snapshot(
@@ -163,8 +151,6 @@ def log_wandb_artifact(
     """Log the snapshot as a version of the W&B dataset artifact `service-<dataset>`; returns 'run id' or None.
 
     A W&B failure never fails the snapshot (the files and the store are the record); it is reported instead."""
-    from alignment.tracking import resolve_mode
-
     mode = resolve_mode(tracking)
     if mode == "disabled":
         return None
@@ -196,25 +182,4 @@ def _tracking_dir(directory: Path) -> Path:
     """W&B files of snapshot runs: `<snapshot_dir>/.tracking/wandb/`, outside every dataset's folder."""
     path = directory.parent.parent / ".tracking"
     path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def resolve_source(name: str, version: str, root: str | Path | None = None) -> Path:
-    """The pairs.jsonl of snapshot NAME@VERSION, checked against its version hash."""
-    from alignment.service.settings import default_snapshot_dir
-
-    path = Path(root or default_snapshot_dir()) / name / version / SNAPSHOT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"service snapshot {name}@{version} not found at {path}: create it with "
-            f"POST /v1/datasets/{name}/snapshots, or point ALIGNMENT_SERVICE_SNAPSHOTS at the service's snapshot_dir"
-        )
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest()[:16] != version:
-        raise ValueError(
-            f"{path}: content hash {digest.hexdigest()[:16]} != version {version}; the file was altered"
-        )
     return path

@@ -1,4 +1,4 @@
-"""PPO's sampler (`TokenSampler`, `ppo_math.sample_tokens`): draws follow the distribution at the temperature, every
+"""PPO's sampler (`TokenSampler`, `sample_tokens`): draws follow the distribution at the temperature, every
 drawn token has a positive probability, and the log-probs kept while sampling equal a full forward pass's."""
 
 from __future__ import annotations
@@ -7,14 +7,8 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaForCausalLM
 
-from alignment.generation.hf import TokenSampler
-from alignment.rl.ppo_math import (
-    SAMPLING_BLOCK,
-    gather_response_logprobs,
-    position_ids_from,
-    response_mask,
-    sample_tokens,
-)
+from alignment.generation.hf import SAMPLING_BLOCK, TokenSampler, sample_tokens
+from alignment.rl.ppo_math import gather_response_logprobs, position_ids_from, response_mask
 from tests.helpers import tiny_llama_config
 
 EOS = 2
