@@ -514,3 +514,17 @@ def test_the_cards_loading_code_runs_on_the_artifact(tiny_model_dir: Path, tmp_p
     code = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)  # type: ignore[union-attr]
     code = code.replace('"org/tiny"', repr(str(artifact))).replace("max_new_tokens=64", "max_new_tokens=2")
     exec(compile(code, "card", "exec"), {"print": lambda *_: None})
+
+
+def test_a_real_push_needs_the_network_and_a_login(
+    chain: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):  # conftest sets it, as offline users do
+        push(chain["sft"], "org/sft", out=tmp_path, log=lambda *_: None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(HubError, match="not logged in to the Hugging Face Hub: run `hf auth login`"):
+        push(chain["sft"], "org/sft", out=tmp_path, log=lambda *_: None)
