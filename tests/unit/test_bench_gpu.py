@@ -29,7 +29,7 @@ def test_gpu_script_parses() -> None:
 
 def test_gpu_dry_run_prepares_the_model_then_benchmarks_three_layouts() -> None:
     commands = _dry_run("--steps", "3", "--out", "/tmp/gpu")
-    assert commands[0] == ["PY", "-m", "alignment.cli", "models", "prepare", "random-llama-0.6b"]
+    assert commands[0] == ["PY", "-m", "bench.model", "prepare"]
     bench = commands[1:]
     assert len(bench) == 3
     common = ["PY", "-m", "bench", "stages", "--models", "llama0.6b", "--stages", "sft,reward,dpo,ppo,grpo"]
@@ -68,9 +68,10 @@ def test_gpu_script_refuses_an_unknown_layout() -> None:
 def test_random_llama_0_6b_has_between_half_and_one_billion_parameters() -> None:
     from transformers import LlamaForCausalLM
 
-    from alignment.models import chatml_gpt2_tokenizer, random_llama_config
+    from alignment.models import chatml_gpt2_tokenizer
+    from bench import model as bench_model
 
-    config = random_llama_config("random-llama-0.6b", chatml_gpt2_tokenizer())
+    config = bench_model.config(chatml_gpt2_tokenizer())
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     parameters = sum(p.numel() for p in model.parameters())
@@ -85,3 +86,24 @@ def test_bench_stages_knows_the_gpu_model_and_its_pipeline() -> None:
     pipeline = load_pipeline(REPO / MODELS["llama0.6b"])
     assert pipeline.model.name_or_path == "random-llama-0.6b"
     assert set(pipeline.stage_sections) >= {"sft", "reward", "dpo", "ppo", "grpo"}
+
+
+def test_bench_builds_its_own_model_and_points_the_run_at_it(tmp_path, monkeypatch) -> None:
+    """The benchmark model is not embedded in the product: bench/model.py builds it (here at a tiny shape) and
+    `bench stages` sets its folder as the run's model."""
+    from transformers import AutoConfig
+
+    from alignment.models import EMBEDDED_MODELS
+    from bench import model as bench_model
+    from bench.stages import model_overrides
+
+    assert bench_model.NAME not in EMBEDDED_MODELS
+    monkeypatch.setenv("ALIGNMENT_HOME", str(tmp_path))
+    tiny = {**bench_model.SHAPE, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1}
+    monkeypatch.setattr(bench_model, "SHAPE", {**tiny, "num_attention_heads": 4, "num_key_value_heads": 2})
+    folder = bench_model.prepare()
+    assert folder == tmp_path / "bench-models" / "random-llama-0.6b"
+    config = AutoConfig.from_pretrained(folder)
+    assert (config.hidden_size, config.num_hidden_layers, config.dtype) == (64, 1, torch.bfloat16)
+    assert model_overrides("llama0.6b") == [f"model.name_or_path={folder}"]
+    assert model_overrides("tiny") == []
