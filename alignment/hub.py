@@ -484,7 +484,7 @@ def build_card(
             _summary(node, base, adapter_repo),
             "",
             *_how_to_load(node, repo_id, adapter_repo),
-            *_lineage_section(node, wandb_entity),
+            *_lineage_section(node),
             *_data_section(rows, license_id, license_name, base),
             *_reward_section(lineage),
             *_evaluation_section(node, evaluations),
@@ -558,7 +558,7 @@ def _how_to_load(node: Node, repo_id: str, adapter_repo: str | None) -> list[str
     return ["## How to load", "", intro, "", "```python", *code, "```", ""]
 
 
-def _lineage_section(node: Node, entity: str | None) -> list[str]:
+def _lineage_section(node: Node) -> list[str]:
     lines = [
         "## Stages",
         "",
@@ -981,6 +981,8 @@ def push(
     `api`: an `HfApi` (default: `HfApi()` with huggingface_hub's own token); tests pass a recording fake."""
     if not HUB_ID.match(repo_id):
         raise HubError(f"--repo {repo_id!r}: name a Hub repository as ORG/NAME (or USER/NAME)")
+    if not dry_run and api is None:
+        api = _hub_api()  # offline or not logged in: said before any work
     card, node, adapter_repo = build_card(artifact, repo_id, eval_path, base_model_override, wandb_entity)
     plan = plan_upload(node, repo_id, private, card, adapter_repo)
     out = Path(out) if out is not None else Path("runs") / "hub" / node.path.name
@@ -995,8 +997,6 @@ def push(
             f"wrote the card and the plan to {out} (README.md, plan.json); run again without --dry-run to upload"
         )
         return plan
-    if api is None:
-        api = _hub_api()
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
