@@ -2,6 +2,8 @@
 
     alignment configs                                  the shipped configs, by name, with what each runs
     alignment run quickstart [key=value ...] [--from STAGE] [--dry-run]   (a shipped name, or a YAML path)
+    alignment run quickstart --slurm [--nodes N --gpus-per-node G --partition P --time T]   (a chain of jobs)
+    alignment status runs/quickstart                   each stage's Slurm job and state, its artifact
     alignment stage sft --config configs/pipelines/smoke.yaml [key=value ...]
     alignment models prepare smollm2-135m-instruct
     alignment config show configs/pipelines/smoke.yaml [key=value ...]
@@ -60,6 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dpo.beta=0.05")
     run.add_argument("--from", dest="from_stage", help="re-run from this stage (and everything after it)")
     run.add_argument("--dry-run", action="store_true", help="print what would run, and the commands")
+    slurm = run.add_argument_group("Slurm", "each stage as a Slurm job, chained with --dependency=afterok")
+    slurm.add_argument(
+        "--slurm", action="store_true", help="submit the stages to Slurm instead of running here"
+    )
+    slurm.add_argument("--nodes", type=int, default=1, help="nodes per stage job (default 1)")
+    slurm.add_argument(
+        "--gpus-per-node", type=int, default=0, help="GPUs per node, one process each (default 0)"
+    )
+    slurm.add_argument("--partition", help="Slurm partition")
+    slurm.add_argument("--time", help="time limit per stage job, e.g. 04:00:00")
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another sbatch option, e.g. account=proj",
+    )
+
+    status = commands.add_parser("status", help="each stage of a run: its Slurm job and state, its artifact")
+    status.add_argument("run_dir", metavar="RUN", help="the run's output dir, or its pipeline config")
+    status.add_argument("overrides", nargs="*", help="key=value overrides the run was started with")
 
     stage = commands.add_parser(
         "stage", help="run one stage of a pipeline config in this process", add_help=False
@@ -161,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             path = find_config(args.config, "pipelines")
             pipeline = load_pipeline(path, args.overrides)
             print(announce(pipeline.tracking.mode, pipeline.output_dir), flush=True)
+            if args.slurm:
+                return _run_slurm(path, args)
             return run_pipeline(path, args.overrides, args.from_stage, args.dry_run)
+        if args.command == "status":
+            from alignment.slurm import status
+
+            return status(args.run_dir, args.overrides)
         if args.command == "stage":
             module = importlib.import_module(STAGE_MODULES[args.stage_name])
             return int(module.main(args.rest) or 0)
@@ -234,6 +263,19 @@ def _configs() -> int:
             print(f"  {name:40s} {description}")
     print(f"folder: {configs_dir()}")
     return 0
+
+
+def _run_slurm(path: object, args: argparse.Namespace) -> int:
+    from alignment.slurm import SlurmError, SlurmOptions, parse_sbatch_options, submit
+
+    options = SlurmOptions(
+        args.nodes, args.gpus_per_node, args.partition, args.time, parse_sbatch_options(args.sbatch)
+    )
+    try:
+        return submit(path, args.overrides, args.from_stage, args.dry_run, options)
+    except SlurmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def _models(args: argparse.Namespace) -> int:
