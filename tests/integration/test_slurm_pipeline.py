@@ -69,6 +69,9 @@ def test_the_smoke_pipeline_runs_on_slurm_as_a_chain_of_three_jobs(
     assert [entry["after"] for entry in record["stages"]] == [None, jobs["sft"], jobs["reward"]]
     code, shown, _ = run_cli_in_process(capsys, "status", str(run_dir))
     assert code == 0 and "Dependency" in shown.splitlines()[-1], shown  # dpo waits on its dependency
+    # A second chain would race this one over the same artifacts: refused while this one is queued or running.
+    code, _, error = run_cli_in_process(capsys, "run", str(config), "--slurm", *overrides)
+    assert code == 2 and "still queued or running" in error and f"scancel {jobs['sft']}" in error, error
 
     deadline = time.time() + 240
     while time.time() < deadline and _job(jobs["dpo"]).get("JobState") not in (
@@ -126,15 +129,17 @@ def test_a_requeued_stage_job_resumes_from_its_checkpoint(
     capsys: pytest.CaptureFixture,
 ) -> None:
     monkeypatch.setenv("SLURM_CONF", str(slurm_conf))
-    config = write_config(tmp_path, stages=["sft"])
+    config = write_config(tmp_path, stages=["sft", "reward"])
     # The stage is killed (SIGKILL, as on a lost node) once checkpoint-4 of its 8 steps is complete.
     submitted = run_cli("run", str(config), "--slurm", cwd=tmp_path, env=fault("checkpoint:4"))
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     run_dir = tmp_path / "run"
-    entry = json.loads((run_dir / "slurm" / "jobs.json").read_text())["stages"][0]
+    entry, after = json.loads((run_dir / "slurm" / "jobs.json").read_text())["stages"]
     job_id, log = entry["job_id"], Path(entry["log"])
     assert _wait_for(job_id, ("FAILED", "COMPLETED"))["JobState"] == "FAILED", log.read_text()[-3000:]
     assert not (run_dir / "sft" / "MANIFEST.json").exists()
+    # the stage after a failed one is cancelled, not left pending forever
+    assert _wait_for(after["job_id"], ("CANCELLED",), timeout=60)["JobState"] == "CANCELLED"
 
     requeued = run_command(["scontrol", "requeue", job_id])  # what Slurm does to a preempted --requeue job
     assert requeued.returncode == 0, requeued.stderr
@@ -147,7 +152,9 @@ def test_a_requeued_stage_job_resumes_from_its_checkpoint(
     assert "resuming from" in text.split("attempt 2")[1] and "checkpoint-4" in text.split("attempt 2")[1]
     assert (run_dir / "sft" / "MANIFEST.json").is_file()
     code, out, _ = run_cli_in_process(capsys, "status", str(run_dir))
-    assert code == 0 and out.splitlines()[-1].split()[:3] == ["sft", job_id, "COMPLETED"], out
+    sft_line, reward_line = out.splitlines()[-2:]
+    assert code == 0 and sft_line.split()[:3] == ["sft", job_id, "COMPLETED"], out
+    assert reward_line.split()[:3] == ["reward", after["job_id"], "CANCELLED"], out
 
 
 def _stubs(folder: Path) -> Path:
