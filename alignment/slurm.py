@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +229,8 @@ def submit(
                 before = step.stage
         return 0
 
+    if runner is run_command and shutil.which("sbatch") is None:
+        raise SlurmError("sbatch not found: --slurm submits from a machine with the Slurm client commands")
     _refuse_if_active(folder, runner)
     folder.mkdir(parents=True, exist_ok=True)  # the jobs' --output folder exists before sbatch opens it
     save_resolved(pipeline, folder)
@@ -236,7 +239,7 @@ def submit(
         "config": str(resolved),
         "wandb_group": group,
         "submitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "options": {**dataclasses.asdict(options)},
+        "options": dataclasses.asdict(options),
         "stages": [],
     }
     previous: str | None = None
@@ -256,7 +259,17 @@ def submit(
                 dependency = [f"--dependency=afterok:{previous}"] if previous else []
                 result = runner(["sbatch", "--parsable", "--export=ALL", *dependency, str(script)])
                 if result.returncode != 0:
-                    raise SlurmError(f"sbatch {script} failed ({result.returncode}): {result.stderr.strip()}")
+                    submitted = [e["job_id"] for e in record["stages"] if e.get("job_id")]
+                    for job in submitted:  # half a chain would leave the later stages unsubmitted
+                        runner(["scancel", job])
+                    cancelled = (
+                        f"; cancelled the jobs submitted before it ({' '.join(submitted)})"
+                        if submitted
+                        else ""
+                    )
+                    raise SlurmError(
+                        f"sbatch {script} failed ({result.returncode}): {result.stderr.strip()}{cancelled}"
+                    )
                 job_id = result.stdout.strip().split(";")[0]  # "<job id>[;<cluster>]"
                 log = folder / f"{step.stage}-{job_id}.out"
                 entry.update(job_id=job_id, after=previous, script=str(script), log=str(log))

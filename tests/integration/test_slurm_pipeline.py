@@ -261,3 +261,33 @@ def test_a_requeued_forced_stage_keeps_force_only_while_the_artifact_it_replaces
     (tmp_path / "bin").rename(tmp_path / "bin-2")
     (artifact / "MANIFEST.json").write_text(json.dumps({"config_hash": "published by this job"}))
     assert _bash(script, [], tmp_path, SLURM_RESTART_COUNT="1") == expected  # published: nothing to redo
+
+
+def test_a_refused_sbatch_cancels_the_jobs_submitted_before_it(tmp_path: Path) -> None:
+    import subprocess
+
+    from alignment.slurm import SlurmError, SlurmOptions, submit
+
+    commands: list[list[str]] = []
+
+    def runner(command: list[str]) -> subprocess.CompletedProcess:
+        commands.append(command)
+        refused = command[0] == "sbatch" and command[-1].endswith("reward.sbatch")
+        stdout = "" if refused else "101;cluster\n"
+        return subprocess.CompletedProcess(
+            command, 1 if refused else 0, stdout, "invalid partition" * refused
+        )
+
+    options = SlurmOptions(gpus_per_node=8, partition="gpu", time="04:00:00", extra={"account": "proj"})
+    with pytest.raises(
+        SlurmError, match="invalid partition; cancelled the jobs submitted before it \\(101\\)"
+    ):
+        submit(write_config(tmp_path), [], None, False, options, runner=runner)
+    assert commands[0] == ["sbatch", "--parsable", "--export=ALL", str(tmp_path / "run/slurm/sft.sbatch")]
+    assert commands[1][3] == "--dependency=afterok:101" and commands[2] == ["scancel", "101"]
+    script = (tmp_path / "run/slurm/sft.sbatch").read_text()
+    for line in ("--gpus-per-node=8", "--partition=gpu", "--time=04:00:00", "--account=proj"):
+        assert f"#SBATCH {line}\n" in script
+    assert "--num_processes 8 -m alignment.stages.sft" in script  # one process per GPU on the node
+    record = json.loads((tmp_path / "run/slurm/jobs.json").read_text())
+    assert [entry.get("job_id") for entry in record["stages"]] == ["101"]
