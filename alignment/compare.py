@@ -503,7 +503,10 @@ def run(config_path: str | Path, overrides: list[str] | None = None, dry_run: bo
             f"[bold]arm {index}/{len(runs)}[/bold]: {arm_run.arm.name} {arm_run.label} seed {arm_run.seed}"
         )
         code = pipeline_runner.run(
-            config.pipeline, arm_overrides(config, pipeline, arm_run, base), dry_run=dry_run
+            config.pipeline,
+            arm_overrides(config, pipeline, arm_run, base),
+            dry_run=dry_run,
+            label=f"arm {index}/{len(runs)}",
         )
         if code:
             failed.append(_failure(arm_run, code))

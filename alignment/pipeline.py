@@ -157,31 +157,73 @@ def log_lines(path: Path) -> list[str]:
     return [line for line in text.replace("\r", "\n").split("\n") if line.strip()]
 
 
-def _run_stage(step: StagePlan, env: dict[str, str], console: Any) -> int:
-    """Run one stage, its output to its log file, showing the latest progress line on the console."""
+def _run_stage(step: StagePlan, env: dict[str, str], console: Any, prefix: str = "") -> int:
+    """Run one stage, its output to its log file, its progress on the console.
+
+    The stage appends progress events to OUTPUT/logs/<stage>.progress.jsonl (alignment.progress); an interactive
+    console shows the latest as one live line, any other console (CI, a log file) prints one plain line at most
+    every ALIGNMENT_PROGRESS_INTERVAL seconds (default 10) and the last one when the stage ends."""
+    import select
+
+    from alignment.progress import ENV, PlainThrottle, ProgressReader, render_line
+
+    prefix = prefix or step.stage
     step.log_path.parent.mkdir(parents=True, exist_ok=True)
+    progress_path = step.log_path.with_suffix(".progress.jsonl")
+    progress_path.unlink(missing_ok=True)
+    reader = ProgressReader(progress_path)
+    throttle = PlainThrottle(float(os.environ.get("ALIGNMENT_PROGRESS_INTERVAL", "10")))
+    interactive = console.is_terminal
     tail: deque[str] = deque(maxlen=400)  # the launcher's own traceback alone can be 40 lines
-    with open(step.log_path, "w") as log, console.status(f"[bold]{step.stage}[/bold] starting") as status:
+    seen_event = False
+
+    def show_events(status: Any) -> None:
+        nonlocal seen_event
+        for event in reader.poll():
+            seen_event = True
+            if interactive:
+                status.update(f"[bold]{prefix}[/bold]  " + render_line("", event).strip())
+            elif (shown := throttle.offer(event)) is not None:
+                console.print(render_line(prefix, shown), markup=False, highlight=False)
+
+    with open(step.log_path, "w") as log, console.status(f"[bold]{prefix}[/bold] starting") as status:
         log.write("$ " + shlex.join(step.command) + "\n")
         log.flush()
-        process = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            step.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**env, ENV: str(progress_path)},
+        )
         assert process.stdout is not None
         buffer = ""
         while True:
-            data = os.read(process.stdout.fileno(), 65536)  # whatever has arrived; progress bars end in \r
-            if not data:
-                break
-            chunk = data.decode("utf-8", errors="replace")
-            log.write(chunk)
-            log.flush()
-            buffer += chunk
-            *lines, buffer = buffer.replace("\r", "\n").split("\n")
-            for line in lines:
-                if line.strip():
-                    tail.append(line)
-                    if "%|" in line or line.startswith(f"[{step.stage}]"):
-                        status.update(f"[bold]{step.stage}[/bold] {line.strip()[:120]}")
+            ready, _, _ = select.select([process.stdout], [], [], 0.5)
+            if ready:
+                data = os.read(
+                    process.stdout.fileno(), 65536
+                )  # whatever has arrived; progress bars end in \r
+                if not data:
+                    break
+                chunk = data.decode("utf-8", errors="replace")
+                log.write(chunk)
+                log.flush()
+                buffer += chunk
+                *lines, buffer = buffer.replace("\r", "\n").split("\n")
+                for line in lines:
+                    if line.strip():
+                        tail.append(line)
+                        if (
+                            not seen_event
+                            and interactive
+                            and ("%|" in line or line.startswith(f"[{step.stage}]"))
+                        ):
+                            status.update(f"[bold]{prefix}[/bold] {line.strip()[:120]}")
+            show_events(status)
         code = process.wait()
+        show_events(status)
+        if not interactive and (last := throttle.flush()) is not None:
+            console.print(render_line(prefix, last), markup=False, highlight=False)
     step.tail = list(tail)  # type: ignore[attr-defined]
     return code
 
@@ -191,7 +233,9 @@ def run(
     overrides: list[str] | None = None,
     from_stage: str | None = None,
     dry_run: bool = False,
+    label: str = "",
 ) -> int:
+    """`label` goes before each stage's `[i/n] stage` on the console (compare: `arm 2/6 dpo-beta-0.1 seed 1`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -223,14 +267,14 @@ def run(
     )
     exit_code = 0
     for index, step in enumerate(plans, 1):
-        prefix = f"[{index}/{len(plans)}] {step.stage}"
+        prefix = (f"{label} " if label else "") + f"[{index}/{len(plans)}] {step.stage}"
         if step.action == "skip":
             step.status = "skipped"
             console.print(f"{prefix}: skipped ({step.reason})")
         else:
             console.print(f"{prefix}: {step.action} ({step.reason}); log: {step.log_path}")
             t0 = time.time()
-            code = _run_stage(step, env, console)
+            code = _run_stage(step, env, console, prefix)
             step.seconds = time.time() - t0
             if code != 0:
                 step.status = "failed"

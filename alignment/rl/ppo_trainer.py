@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from alignment import artifacts
+from alignment import progress as alignment_progress  # `progress` is the tqdm bar in train()
 from alignment.finite import NonFiniteError, failure_message, non_finite
 from alignment.generation import GenerationConfig, Sampling, create_engine, resolve_backend
 from alignment.rl import ppo_math as pm
@@ -937,6 +938,7 @@ class PPOTrainer:
             dynamic_ncols=True,
         )
         samples_table: list[dict[str, Any]] = []
+        train_started_at = time.time()
         for iteration in range(start_iteration, self.total_iterations):
             started = time.perf_counter()
             rollout = self.rollout(self._prompt_rows(self.state.data_position), iteration)
@@ -988,6 +990,15 @@ class PPOTrainer:
                 if args.logging_steps and (iteration + 1) % max(1, int(args.logging_steps)) == 0:
                     shown = {k: round(v, 4) for k, v in stats.items() if k in _SHOWN}
                     progress.write(f"[ppo] iteration {iteration + 1}: {json.dumps(shown)}")
+                    alignment_progress.emit(
+                        iteration + 1,
+                        self.total_iterations,
+                        time.time() - train_started_at,
+                        start_step=start_iteration,
+                        loss=stats["loss"],
+                        reward=stats["reward/score"],
+                        kl=stats["objective/kl"],
+                    )
                 if self.log_fn is not None:
                     self.log_fn(stats, iteration + 1)
                 every = args.sample_table_every

@@ -385,8 +385,45 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def stage_callbacks(run: StageRun) -> list[Any]:
     """What every TRL stage's trainer gets: COMPLETE markers on checkpoints, and a stop at the first non-finite
-    loss or gradient norm (alignment.finite)."""
-    return [checkpoint_callback(run), guard_callback(run.stage, run.work_dir, run.is_main)]
+    loss or gradient norm (alignment.finite), and a progress event per logging step (alignment.progress)."""
+    return [
+        checkpoint_callback(run),
+        guard_callback(run.stage, run.work_dir, run.is_main),
+        progress_callback(),
+    ]
+
+
+def progress_callback() -> Any:
+    """Appends step / total, loss, reward and KL to the pipeline's progress file at each log (main process only)."""
+    from transformers import TrainerCallback
+
+    from alignment import progress
+
+    class ProgressEvents(TrainerCallback):
+        started: float | None = None
+        start_step = 0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if (
+                self.started is None
+            ):  # the first step of this process: after a resume, global_step is restored
+                self.started, self.start_step = time.time(), state.global_step
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            logs = logs or {}
+            if not state.is_world_process_zero or "loss" not in logs and "reward" not in logs:
+                return  # the final summary (train_loss, train_runtime) and eval logs are no steps
+            progress.emit(
+                state.global_step,
+                state.max_steps,
+                time.time() - (self.started or time.time()),
+                start_step=self.start_step,
+                loss=logs.get("loss"),
+                reward=logs.get("reward"),
+                kl=logs.get("kl", logs.get("objective/kl")),
+            )
+
+    return ProgressEvents()
 
 
 def checkpoint_callback(run: StageRun) -> Any:
