@@ -237,6 +237,9 @@ class Evaluator:
 
     def __init__(self, config: CompareConfig, base: Path, console: Any, dtype: str = "float32") -> None:
         from alignment.evaluate import PolicySampler, load_prompt_rows, load_reward
+        from alignment.progress import quiet_library_noise
+
+        quiet_library_noise(loading_bars=True)
 
         evaluation = config.evaluation
         self.config = config

@@ -727,10 +727,13 @@ def main(args: argparse.Namespace) -> int:
 
     from accelerate.utils import gather_object
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     from alignment.generation import GenerationConfig
+    from alignment.progress import quiet_library_noise
     from alignment.tracking import log_results
+
+    quiet_library_noise(loading_bars=True)
 
     if args.accelerate_config and not os.environ.get(LAUNCHED_ENV):
         return _relaunch(args)
@@ -748,8 +751,17 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / "eval" / Path(args.policy).resolve().name)
     total = len(rows) * decoding.samples_per_prompt * (args.best_of + (1 if args.reference else 0))
     share = f" (this process's share of {state.num_processes})" if state.num_processes > 1 else ""
-    with Progress(console=console, transient=True, disable=not state.is_main_process) as progress:
-        task = progress.add_task(f"sampling {len(rows)} prompts{share}", total=total // state.num_processes)
+    columns = (
+        *Progress.get_default_columns()[:2],
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    # An interactive console only (rich draws nothing elsewhere): responses drawn / total, elapsed, ETA.
+    with Progress(*columns, console=console, transient=True, disable=not state.is_main_process) as progress:
+        task = progress.add_task(
+            f"sampling {len(rows)} prompts{share}: responses", total=total // state.num_processes
+        )
         done = [0]  # responses this process drew
 
         def advance(n: int) -> None:

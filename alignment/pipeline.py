@@ -333,6 +333,9 @@ def _gold_eval(pipeline: PipelineConfig, console: Any) -> None:
 
     from alignment.data import load_checked
     from alignment.evaluate import PolicySampler, gold_score_policy
+    from alignment.progress import quiet_library_noise
+
+    quiet_library_noise(loading_bars=True)  # no "Loading weights" bars under the result table
 
     evaluation = pipeline.evaluation
     assert evaluation is not None

@@ -119,3 +119,20 @@ class PlainThrottle:
     def flush(self) -> dict[str, Any] | None:
         pending, self.pending = self.pending, None
         return pending
+
+
+LIBRARY_NOISE = ((FutureWarning, r".*`is_gradient_checkpointing` is deprecated"),)
+"""Warnings that tell the user nothing (a library's own deprecated call), filtered by category and message."""
+
+
+def quiet_library_noise(loading_bars: bool = False) -> None:
+    """Filter LIBRARY_NOISE in this process; `loading_bars`: also hide transformers' own bars ("Loading weights"),
+    for the processes whose console shows results (the pipeline's evaluation, compare, eval)."""
+    import warnings
+
+    for category, message in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    if loading_bars:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

@@ -92,6 +92,8 @@ class StageRun:
         self.staging = self.output_dir.parent / f".{self.output_dir.name}.staging"
         self.tracker = StageTracker(self.pipeline, self.stage, self.hash, self.is_main)
         self.data_hashes: dict[str, str] = {}
+        self.data_mixtures: dict[str, Any] = {}
+        """Per data name, the composition of a mixture (alignment.data.LoadResult.composition)."""
         self.inputs: dict[str, dict[str, str]] = {}
 
     # ---------------------------------------------------------------------------------------------- lifecycle
@@ -151,11 +153,11 @@ class StageRun:
         try:
             result = load_checked(data_cfg, kind, token_length=token_length)
         except DataError as error:
-            raise SystemExit(f"[{self.stage}] data {name!r} from {data_cfg.source}: {error}") from error
+            raise SystemExit(f"[{self.stage}] data {name!r} from {data_cfg.describe()}: {error}") from error
         if result.rejects:
             logger.warning(
                 "%s: %d of %d rows rejected (within max_reject_fraction=%s); first: %s",
-                data_cfg.source,
+                data_cfg.describe(),
                 len(result.rejects),
                 result.total,
                 data_cfg.max_reject_fraction,
@@ -168,6 +170,8 @@ class StageRun:
         snapshot_hash = write_jsonl(train_rows, path) if self.is_main else ""
         if self.is_main:
             self.data_hashes[name] = snapshot_hash
+            if result.mixture is not None:
+                self.data_mixtures[name] = result.composition()
             if eval_rows:
                 self.data_hashes[f"{name}_eval"] = write_jsonl(eval_rows, snapshot_dir / f"{name}_eval.jsonl")
             self.tracker.use_dataset(
@@ -175,10 +179,11 @@ class StageRun:
                 f"{self.pipeline.name}-{self.stage}-{name}",
                 snapshot_hash,
                 {
-                    "source": data_cfg.source,
+                    "source": data_cfg.describe(),
                     "format": result.format,
                     "rows": len(train_rows),
                     "rejected": len(result.rejects),
+                    **({"mixture": result.composition()} if result.mixture is not None else {}),
                 },
             )
         logger.info(
@@ -206,7 +211,7 @@ class StageRun:
                 args.eval_data.max_length = data_cfg.max_length
             eval_rows, _ = self.load_rows(args.eval_data, kind, "eval", token_length)
         if not train_rows:
-            raise ConfigError(f"{self.stage}: no training rows from {data_cfg.source}")
+            raise ConfigError(f"{self.stage}: no training rows from {data_cfg.describe()}")
         return train_rows, eval_rows
 
     # ------------------------------------------------------------------------------------------------ publish
@@ -228,6 +233,7 @@ class StageRun:
                 "config_hash": self.hash,
                 "inputs": self.inputs,
                 "data": self.data_hashes,
+                **({"data_mixture": self.data_mixtures} if self.data_mixtures else {}),
                 "model_kind": model_kind,
                 "code_version": artifacts.code_version(),
                 "wandb_run_id": self.tracker.run_id,
@@ -454,6 +460,9 @@ def execute(
     """The lifecycle every trainer stage shares: skip if complete, W&B run, build, train (resuming), evaluate,
     save, publish. `build(pipeline, run) -> (trainer, checkpoint or None)`; `finish(trainer, run, metrics)` saves
     the weights into `run.staging` (on every rank) and returns (model_kind, extra JSON files)."""
+    from alignment.progress import quiet_library_noise
+
+    quiet_library_noise()
     run = StageRun(pipeline, stage, force=force, restart=restart)
     if run.already_complete():
         if run.is_main:

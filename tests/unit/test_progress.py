@@ -88,3 +88,24 @@ def test_the_plain_throttle_prints_at_most_one_line_per_interval_and_the_last_at
     assert shown == [1, 4]
     assert throttle.flush() == {"step": 5}
     assert throttle.flush() is None
+
+
+def test_library_noise_is_filtered_by_message_and_other_warnings_still_show():
+    import warnings
+
+    from alignment.progress import quiet_library_noise
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_library_noise()
+        warnings.warn(
+            "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
+            FutureWarning,
+            stacklevel=1,
+        )
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn("`is_gradient_checkpointing` as a UserWarning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == [
+        "something else is deprecated",
+        "`is_gradient_checkpointing` as a UserWarning",
+    ]
