@@ -11,7 +11,8 @@ decides whether a stage may resume from a checkpoint or reuse a finished artifac
 
 Paths. A relative path written in a YAML file is relative to the folder of the file that names it, so a config
 runs from any directory: `accelerate_config`, `model.name_or_path` and `model.chat_template` (in a stage's `model:`
-too), every data `source:` that is a local file or folder (`data`, `eval_data`, `evaluation.data`), and in a
+too), every data `source:` that is a local file or folder (`data`, `eval_data`, `evaluation.data`, each
+`mixture` entry of them), and in a
 comparison YAML its `pipeline:`, the paths in its `pipeline_overrides` and `evaluation.prompts.source`. Two
 exceptions are relative to the current directory wherever they are written: `output_dir` (runs land where they are
 started, as with the alignment-handbook and torchtune, never inside an installed package) and paths to run
@@ -193,7 +194,11 @@ def _strip(section: Any) -> Any:
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not _omitted_default(value, f)
+        }
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -201,6 +206,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
+
+
+def _omitted_default(value: Any, field_: dataclasses.Field) -> bool:
+    """A field added after configs were hashed (metadata `omit_when_default`, e.g. DataConfig.mixture) that still
+    holds its default: left out, so configs written before it keep their hash."""
+    if not field_.metadata.get("omit_when_default"):
+        return False
+    if field_.default is not dataclasses.MISSING:
+        default = field_.default
+    elif field_.default_factory is not dataclasses.MISSING:
+        default = field_.default_factory()
+    else:
+        return False
+    return getattr(value, field_.name) == default
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -323,6 +342,12 @@ def anchor_paths(tree: dict[str, Any], base: Path, where: str) -> dict[str, Any]
         for keys, kind in fields.items():
             for parent, key, dotted in _matches(out, keys):
                 parent[key] = _anchor(parent[key], kind, anchor, where, dotted)
+    for section, dotted in _data_sections(out):  # data.mixture[i].source: file-relative as data.source
+        mixture = section.get("mixture")
+        for index, entry in enumerate(mixture if isinstance(mixture, list) else []):
+            if isinstance(entry, dict) and isinstance(entry.get("source"), str):
+                where_key = f"{dotted}.mixture[{index}].source"
+                entry["source"] = _anchor(entry["source"], "data", base, where, where_key)
     overrides = out.get("pipeline_overrides")
     if isinstance(overrides, list):  # comparison YAML: `key=value` overrides of its pipeline, written here
         out["pipeline_overrides"] = [_anchor_override(item, base, where) for item in overrides]
@@ -350,6 +375,16 @@ def _matches(tree: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[dict[str
         ]
     last = keys[-1]
     return [(node, last, prefix + last) for node, prefix in nodes if isinstance(node.get(last), str)]
+
+
+def _data_sections(tree: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(data section, dotted key path) of `evaluation.data` and every stage's `data` and `eval_data`."""
+    found = []
+    for stage, key in [("evaluation", "data")] + [(s, k) for s in STAGES for k in ("data", "eval_data")]:
+        section = tree.get(stage)
+        if isinstance(section, dict) and isinstance(section.get(key), dict):
+            found.append((section[key], f"{stage}.{key}"))
+    return found
 
 
 def _anchor_override(item: Any, base: Path, where: str) -> Any:

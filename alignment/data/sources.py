@@ -107,8 +107,11 @@ def _read_dataset(dataset: Any, label: str) -> Iterator[Record]:
         yield Record(label, index + 1, dict(value))
 
 
-def read_records(source: str, split: str | None = None, subset: str | None = None) -> Iterator[Record]:
-    """Every record of a source, in order. Raises FileNotFoundError / ValueError with what to do."""
+def read_records(
+    source: str, split: str | None = None, subset: str | None = None, revision: str | None = None
+) -> Iterator[Record]:
+    """Every record of a source, in order; `revision` pins a hub dataset (a tag, branch or commit). Raises
+    FileNotFoundError / ValueError with what to do."""
     source = expand(source)
     if source.startswith("service:"):
         yield from _read_service_snapshot(source)
@@ -121,7 +124,7 @@ def read_records(source: str, split: str | None = None, subset: str | None = Non
     if source.startswith("hub:") or (
         not exists and not looks_like_path(source) and _looks_like_hub_name(source)
     ):
-        yield from _read_hub(source, split, subset)
+        yield from _read_hub(source, split, subset, revision)
         return
     if not exists:
         raise DataError(missing_path_message(source))
@@ -172,12 +175,12 @@ def read_records(source: str, split: str | None = None, subset: str | None = Non
         raise DataError(f"{path}: its data files ({', '.join(p.name for p in files)}) hold no records")
 
 
-def _read_hub(source: str, split: str | None, subset: str | None) -> Iterator[Record]:
+def _read_hub(source: str, split: str | None, subset: str | None, revision: str | None) -> Iterator[Record]:
     import datasets
 
     name = source.removeprefix("hub:")
     try:
-        dataset = datasets.load_dataset(name, subset, split=split or "train")
+        dataset = datasets.load_dataset(name, subset, split=split or "train", revision=revision)
     except (OSError, ValueError) as error:  # not found, offline (ConnectionError), bad split or subset
         local = (
             ""
@@ -190,7 +193,8 @@ def _read_hub(source: str, split: str | None, subset: str | None) -> Iterator[Re
             else ""
         )
         raise DataError(f"hub dataset {name} could not be loaded{offline}: {error}{local}") from error
-    yield from _read_dataset(dataset, f"hub:{name}[{split or 'train'}]")
+    at = f"@{revision}" if revision else ""
+    yield from _read_dataset(dataset, f"hub:{name}{at}[{split or 'train'}]")
 
 
 def _read_service_snapshot(source: str) -> Iterator[Record]:
