@@ -182,3 +182,30 @@ def test_mixture_sources_are_relative_to_the_config_file(tmp_path: Path) -> None
     data = load_pipeline(config).stage_sections["sft"]["data"]
     assert [entry.source for entry in data.mixture] == [str(tmp_path / "data" / "a.jsonl"), "hub:org/set"]
     assert data.mixture[1].revision == "v1" and data.seed == 3
+
+
+def test_stage_records_the_mixture_for_manifest_and_wandb(tmp_path: Path, two_files: tuple[str, str]) -> None:
+    from alignment.stages.common import StageRun
+
+    a, b = two_files
+    pipeline = pipeline_from_dict(
+        {
+            "output_dir": str(tmp_path / "run"),
+            "tracking": {"mode": "disabled"},
+            "sft": {"data": {"seed": 7, "mixture": [{"source": a, "weight": 3}, {"source": b, "weight": 1}]}},
+        }
+    )
+    run = StageRun(pipeline, "sft")
+    logged: list[tuple[Any, ...]] = []
+    run.tracker.use_dataset = lambda *args: logged.append(args)  # type: ignore[method-assign]
+    train, _ = run.load_rows(pipeline.stage_sections["sft"]["data"], "sft", "train")
+
+    expected = load_checked(mixture_config(a, b, seed=7), "sft")
+    assert train == expected.rows and run.data_hashes["train"] == content_hash(expected.rows)
+    composition = run.data_mixtures["train"]
+    assert [part["rows_drawn"] for part in composition["sources"]] == [
+        part.rows_drawn for part in expected.mixture or []
+    ]
+    assert [part["probability"] for part in composition["sources"]] == [0.75, 0.25]
+    metadata = logged[0][3]
+    assert metadata["mixture"] == composition and metadata["source"] == f"mixture({a}*3, {b}*1)"
