@@ -32,6 +32,9 @@ from alignment.schema import ConfigError
 
 KINDS = ("sft", "preference", "prompt", "unpaired")
 
+MIXTURE_SOURCE = "mixture:"
+"""`source` of a section with a `mixture` (so the resolved config never shows the unused default source)."""
+
 # Fields added after configs were hashed: left out of the resolved config (and so of the config hash) while they
 # hold their default, so every config written before them keeps its hash (alignment.config._plain).
 NEW_FIELD = {"omit_when_default": True}
@@ -107,10 +110,11 @@ class DataConfig:
             return
         if not self.mixture:
             raise ConfigError("data.mixture is empty: list at least one {source: ..., weight: ...}")
-        if self.source != DataConfig.source:
+        if self.source not in (DataConfig.source, MIXTURE_SOURCE):
             raise ConfigError(
                 f"data has both source ({self.source}) and mixture: give one source, or list it in the mixture"
             )
+        self.source = MIXTURE_SOURCE
         for index, part in enumerate(self.mixture):
             if isinstance(part, MixtureSource) and not part.source:
                 raise ConfigError(f"data.mixture[{index}] has no source")
@@ -206,6 +210,8 @@ def load(cfg: DataConfig, kind: str, *, token_length: Any = None) -> LoadResult:
         raise ValueError(f"unknown row kind {kind!r}; use one of {KINDS}")
     if cfg.mixture is not None:
         return _load_mixture(cfg, kind, token_length)
+    if cfg.source == MIXTURE_SOURCE:
+        raise DataError(f"source {MIXTURE_SOURCE} needs a `mixture:` list of {{source: ..., weight: ...}}")
     if cfg.revision is not None and (
         cfg.source.startswith(("builtin:", "service:")) or looks_like_path(cfg.source)
     ):

@@ -12,7 +12,7 @@ from typing import Any
 import datasets
 import pytest
 
-from alignment.config import ConfigError, config_hash, load_pipeline, pipeline_from_dict
+from alignment.config import ConfigError, config_hash, load_pipeline, pipeline_from_dict, save_resolved
 from alignment.data import DataConfig, DataError, MixtureSource, content_hash, load, load_checked
 
 
@@ -167,6 +167,7 @@ def test_single_source_config_is_unchanged(tmp_path: Path, two_files: tuple[str,
     }
     mixed = pipeline_from_dict({"sft": {"data": {"mixture": [{"source": a, "weight": 1}]}}})
     assert mixed.resolved()["sft"]["data"]["mixture"] == [dataclasses.asdict(MixtureSource(a, 1.0))]
+    assert mixed.resolved()["sft"]["data"]["source"] == "mixture:"  # never the unused default builtin:tasks
     assert config_hash(mixed, "sft") != config_hash(pipeline, "sft")
 
 
@@ -179,9 +180,15 @@ def test_mixture_sources_are_relative_to_the_config_file(tmp_path: Path) -> None
         "      - {source: data/a.jsonl, weight: 0.7}\n"
         "      - {source: hub:org/set, weight: 0.3, revision: v1}\n"
     )
-    data = load_pipeline(config).stage_sections["sft"]["data"]
+    pipeline = load_pipeline(config)
+    data = pipeline.stage_sections["sft"]["data"]
     assert [entry.source for entry in data.mixture] == [str(tmp_path / "data" / "a.jsonl"), "hub:org/set"]
     assert data.mixture[1].revision == "v1" and data.seed == 3
+    (tmp_path / "saved").mkdir()
+    again = load_pipeline(save_resolved(pipeline, tmp_path / "saved"))  # resolved_config.yaml loads again
+    assert again.stage_sections["sft"]["data"] == data and config_hash(again, "sft") == config_hash(
+        pipeline, "sft"
+    )
 
 
 def test_stage_records_the_mixture_for_manifest_and_wandb(tmp_path: Path, two_files: tuple[str, str]) -> None:
