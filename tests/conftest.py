@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,19 @@ def tiny_model_dir(alignment_home: Path) -> Path:
     from alignment.models import prepare_embedded
 
     return prepare_embedded("tiny-random-llama")
+
+
+@pytest.fixture(scope="module")
+def slurm_conf() -> Iterator[Path]:
+    """A real single-node Slurm of the test module's own (tests/service/slurm.py): the path of its slurm.conf."""
+    from tests.service.slurm import TemporarySlurm
+
+    try:
+        cluster = TemporarySlurm()
+        conf = cluster.__enter__()
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    try:
+        yield conf
+    finally:
+        cluster.__exit__()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,12 @@ import yaml
 
 from alignment.service.executors import run_command
 from tests.helpers import REPO, fault, run_cli, run_cli_in_process, write_config
-from tests.service.slurm import TemporarySlurm
 
 pytestmark = pytest.mark.integration
 
 ODD_TAGS = ["mix:0.5*reward+0.5*rule:tasks", "two words *"]
 ODD_OVERRIDE = "tracking.tags=[mix:0.5*reward+0.5*rule:tasks, two words *]"
 """A free-text field every stage records (tracking.tags, in each artifact's resolved_config.yaml and W&B run)."""
-
-
-@pytest.fixture(scope="module")
-def slurm_conf() -> Iterator[Path]:
-    try:
-        cluster = TemporarySlurm()
-        conf = cluster.__enter__()
-    except RuntimeError as error:
-        pytest.fail(str(error))
-    try:
-        yield conf
-    finally:
-        cluster.__exit__()
 
 
 def _job(job_id: str) -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,6 @@ import pytest
 from alignment.service.executors import SLURM_ACTIVE, SlurmExecutor, run_command
 from alignment.service.settings import RoundsConfig
 from tests.helpers import REPO
-from tests.service.slurm import TemporarySlurm
-
-
-@pytest.fixture(scope="module")
-def slurm_conf() -> Iterator[Path]:
-    try:
-        cluster = TemporarySlurm()
-        conf = cluster.__enter__()
-    except RuntimeError as error:
-        pytest.fail(str(error))
-    try:
-        yield conf
-    finally:
-        cluster.__exit__()
 
 
 def _executor(commands: list[list[str]]) -> SlurmExecutor:
