@@ -218,18 +218,30 @@ def clean_interrupted(work_dir: str | Path, final: str | Path) -> list[Path]:
     return leftovers
 
 
-def code_version() -> str:
-    from alignment import __version__
-
+def _git(*args: str) -> subprocess.CompletedProcess | None:
+    """`git ARGS` in the code's checkout; None when git cannot run."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+        return subprocess.run(
+            ["git", *args],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=10,
             check=False,
-        ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
-        sha = ""
+        return None
+
+
+def code_version() -> str:
+    from alignment import __version__
+
+    result = _git("rev-parse", "--short", "HEAD")
+    sha = result.stdout.strip() if result is not None and result.returncode == 0 else ""
     return f"{__version__}+{sha}" if sha else __version__
+
+
+def uncommitted_changes() -> bool | None:
+    """Whether tracked files of the code's git checkout differ from its commit (None outside a checkout)."""
+    result = _git("status", "--porcelain", "--untracked-files=no")
+    return bool(result.stdout.strip()) if result is not None and result.returncode == 0 else None

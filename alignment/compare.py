@@ -396,24 +396,6 @@ def group_id(config: CompareConfig) -> str:
     return f"{config.name}-{config_digest(config)[:8]}"
 
 
-def _uncommitted_changes() -> bool | None:
-    """Whether tracked files of the code's git checkout differ from its commit (None outside a checkout)."""
-    import subprocess
-
-    try:
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(status.stdout.strip()) if status.returncode == 0 else None
-
-
 def provenance(
     config: CompareConfig,
     config_path: str | Path,
@@ -446,7 +428,7 @@ def provenance(
     return {
         "command": shlex.join(["alignment", "compare", str(config_path), *(overrides or [])]),
         "code_version": artifacts.code_version(),
-        "uncommitted_changes": _uncommitted_changes(),
+        "uncommitted_changes": artifacts.uncommitted_changes(),
         "compare_config_hash": config_digest(config)[:16],
         "seeds": list(config.seeds),
         "evaluation_engine": engine,

@@ -17,25 +17,30 @@ def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return abs(a["mean"] - b["mean"]) <= a["ci95"] + b["ci95"]
 
 
-def _overlap_lines(rows: list[dict[str, Any]], per_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """The best arm against SFT and each arm's best setting against it, by overlap of 95% intervals over seeds
-    (what the report can say without per-prompt scores)."""
-    sft = rows[0]
-    arms = [row for row in rows[1:] if "gold" in row]
+def _best_arm(arms: list[dict[str, Any]]) -> tuple[dict[str, Any], str, str]:
+    """The arm with the highest mean gold, its " at KL x" text, and its " (equalled by ...)" text."""
     best = max(arms, key=lambda r: r["gold"]["mean"])
-    verdict = (
-        "its interval and the SFT policy's overlap, so this comparison does not show a gain over SFT"
-        if _overlap(best["gold"], sft["gold"])
-        else f"{'above' if best['gold']['mean'] > sft['gold']['mean'] else 'below'} the SFT policy's "
-        f"{sft['gold']['mean']:.3f} with non-overlapping 95% intervals"
-    )
     kl = f" at KL {best['kl']['mean']:.2f}" if "kl" in best else ""
     tied = [
         f"{r['arm']} ({r['setting']})"
         for r in arms
         if r is not best and r["gold"]["mean"] == best["gold"]["mean"]
     ]
-    also = f" (equalled by {', '.join(tied)})" if tied else ""
+    return best, kl, f" (equalled by {', '.join(tied)})" if tied else ""
+
+
+def _overlap_lines(rows: list[dict[str, Any]], per_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The best arm against SFT and each arm's best setting against it, by overlap of 95% intervals over seeds
+    (what the report can say without per-prompt scores)."""
+    sft = rows[0]
+    arms = [row for row in rows[1:] if "gold" in row]
+    best, kl, also = _best_arm(arms)
+    verdict = (
+        "its interval and the SFT policy's overlap, so this comparison does not show a gain over SFT"
+        if _overlap(best["gold"], sft["gold"])
+        else f"{'above' if best['gold']['mean'] > sft['gold']['mean'] else 'below'} the SFT policy's "
+        f"{sft['gold']['mean']:.3f} with non-overlapping 95% intervals"
+    )
     lines = [
         f"Highest gold score: {best['arm']} ({best['setting']}){also}, {_fmt(best['gold'])}{kl}; {verdict}."
     ]
@@ -88,14 +93,7 @@ def _paired_lines(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> list[
     """The best arm against SFT, each other arm's best setting against it, and the list of what is significant."""
     sft = rows[0]
     arms = [row for row in rows[1:] if "gold" in row]
-    best = max(arms, key=lambda r: r["gold"]["mean"])
-    kl = f" at KL {best['kl']['mean']:.2f}" if "kl" in best else ""
-    tied = [
-        f"{r['arm']} ({r['setting']})"
-        for r in arms
-        if r is not best and r["gold"]["mean"] == best["gold"]["mean"]
-    ]
-    also = f" (equalled by {', '.join(tied)})" if tied else ""
+    best, kl, also = _best_arm(arms)
     against = _against_sft(analysis).get((best["arm"], best["setting"]))
     if against is None:
         verdict = "no paired comparison with the SFT policy (no seed in common)"
